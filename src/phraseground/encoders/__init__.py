@@ -1,0 +1,1 @@
+"""Vision backbones with named multi-level taps, and text encoders."""
