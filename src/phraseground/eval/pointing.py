@@ -1,0 +1,226 @@
+"""The pointing game under named protocols, so numbers stay comparable with published ones.
+
+Points are continuous image coordinates ``(x, y)`` in pixels (0-based, x to the right, y down);
+pixel ``(col, row)`` spans ``[col, col + 1) x [row, row + 1)`` and has its centre at
+``(col + 0.5, row + 0.5)``. Boxes follow ``phraseground.data.types`` (continuous pixel xyxy).
+
+Protocols (``PROTOCOLS``):
+    * ``akbari2019`` (default; MultiGrounding's evaluation): skip ``notvisual`` phrases,
+      phrases without boxes and phrases whose union GT box covers < 5 % of the image; the
+      heatmap is resized bilinearly to the image, its argmax pixel (first on ties) is the
+      answer, a hit when that pixel lies inside any GT box (``x0 <= col < x1``, ``y0 <= row < y1``).
+    * ``engilberge2018``: argmax on the low-resolution map, the point is that cell's centre
+      scaled to image pixels, a hit when strictly inside a GT box (``x0 < x < x1``, ``y0 < y < y1``).
+    * ``tolerance15`` (Zhang et al.'s pointing game): full-resolution argmax as in
+      ``akbari2019``, a hit when the pixel centre is within 15 px of a GT box (0 inside).
+
+For every protocol an all-zero heatmap (the model gave zero word scores) has no answer and
+counts as a miss.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from phraseground.data.types import Phrase
+from phraseground.errors import ConfigError, PhrasegroundError
+from phraseground.eval.metrics import (
+    BoxesLike,
+    Tally,
+    as_boxes,
+    check_heatmap,
+    check_image_size,
+    point_from_argmax,
+    resize_heatmap,
+    union_box,
+)
+
+HitRule = Literal["pixel", "strict", "distance"]
+
+
+@dataclass(frozen=True)
+class PointingProtocol:
+    """How a point is read from a heatmap, which phrases are skipped and what counts as a hit.
+
+    Attributes:
+        name: key in ``PROTOCOLS``.
+        full_resolution: resize the heatmap bilinearly to the image before the argmax (else
+            take the argmax of the map as given and scale its cell centre to the image).
+        hit_rule: ``"pixel"``: the pixel holding the point lies inside a box (``x0 <= col < x1``);
+            ``"strict"``: ``x0 < x < x1`` and ``y0 < y < y1``; ``"distance"``: the point lies
+            within ``tolerance`` pixels of a box.
+        tolerance: largest hit distance in pixels for ``hit_rule="distance"``.
+        min_union_frac: skip a phrase (reason ``"small_box"``) when its union GT box covers
+            less than this share of the image area; 0 disables the filter.
+        reference: where the protocol comes from.
+    """
+
+    name: str
+    full_resolution: bool
+    hit_rule: HitRule
+    tolerance: float = 0.0
+    min_union_frac: float = 0.0
+    reference: str = ""
+
+
+PROTOCOLS: dict[str, PointingProtocol] = {
+    p.name: p
+    for p in (
+        PointingProtocol(
+            "akbari2019", full_resolution=True, hit_rule="pixel", min_union_frac=0.05,
+            reference="Akbari et al., CVPR 2019 (MultiGrounding evaluation code)",
+        ),
+        PointingProtocol(
+            "engilberge2018", full_resolution=False, hit_rule="strict",
+            reference="Engilberge et al., CVPR 2018 (DSVE-Loc)",
+        ),
+        PointingProtocol(
+            "tolerance15", full_resolution=True, hit_rule="distance", tolerance=15.0,
+            reference="Zhang et al., ECCV 2016 (excitation backprop pointing game)",
+        ),
+    )
+}
+DEFAULT_PROTOCOL = "akbari2019"
+
+
+def get_protocol(protocol: str | PointingProtocol) -> PointingProtocol:
+    """Return the protocol of that name (a PointingProtocol is returned unchanged).
+
+    Raises:
+        ConfigError: unknown name; the message lists the known ones.
+    """
+    if isinstance(protocol, PointingProtocol):
+        return protocol
+    try:
+        return PROTOCOLS[protocol]
+    except KeyError:
+        raise ConfigError(
+            f"unknown pointing protocol {protocol!r}; known: {', '.join(sorted(PROTOCOLS))}"
+        ) from None
+
+
+def skip_reason(phrase: Phrase, width: int, height: int, protocol: str | PointingProtocol) -> str | None:
+    """Why the protocol leaves this phrase out (``"notvisual"``, ``"no_box"``, ``"small_box"``), or None.
+
+    Shared by every phrase-level metric so they all evaluate the same phrases.
+    """
+    proto = get_protocol(protocol)
+    if phrase.is_notvisual:
+        return "notvisual"
+    if not phrase.boxes:
+        return "no_box"
+    if proto.min_union_frac > 0:
+        x0, y0, x1, y1 = union_box(phrase.boxes).tolist()
+        if (x1 - x0) * (y1 - y0) / (width * height) < proto.min_union_frac:
+            return "small_box"
+    return None
+
+
+def pointing_point(
+    heatmap: torch.Tensor, width: int, height: int, protocol: str | PointingProtocol = DEFAULT_PROTOCOL
+) -> tuple[float, float] | None:
+    """The protocol's answer point ``(x, y)`` in image pixels for an (h, w) heatmap.
+
+    Full-resolution protocols resize the map bilinearly (``align_corners=False``) to
+    (height, width) and answer the centre of the argmax pixel; ``engilberge2018`` answers the
+    centre of the argmax cell of the map as given, ``((j + 0.5) * W / w, (i + 0.5) * H / h)``.
+    Ties go to the first maximum in row-major order.
+
+    Returns:
+        the point, or None when the heatmap is all zero (no answer: a miss).
+    """
+    proto = get_protocol(protocol)
+    check_image_size(width, height)
+    hm = check_heatmap(heatmap)
+    if not bool(hm.any()):
+        return None
+    if proto.full_resolution:
+        hm = resize_heatmap(hm, width, height)  # (height, width)
+    return point_from_argmax(hm, width, height)
+
+
+def point_hits(point: tuple[float, float], boxes: BoxesLike, protocol: str | PointingProtocol = DEFAULT_PROTOCOL) -> bool:
+    """Whether ``point`` (x, y) in pixels is a hit for any of ``boxes`` under the protocol's rule."""
+    proto = get_protocol(protocol)
+    x, y = (float(v) for v in point)
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise PhrasegroundError(f"point {point!r} is not finite")
+    b = as_boxes(boxes)  # (K, 4)
+    x0, y0, x1, y1 = b.unbind(dim=1)
+    if proto.hit_rule == "pixel":
+        col, row = math.floor(x), math.floor(y)
+        inside = (x0 <= col) & (col < x1) & (y0 <= row) & (row < y1)
+    elif proto.hit_rule == "strict":
+        inside = (x0 < x) & (x < x1) & (y0 < y) & (y < y1)
+    else:
+        dx = torch.clamp(torch.maximum(x0 - x, x - x1), min=0)
+        dy = torch.clamp(torch.maximum(y0 - y, y - y1), min=0)
+        inside = torch.hypot(dx, dy) <= proto.tolerance
+    return bool(inside.any())
+
+
+class PointingGame:
+    """Pointing accuracy with hit, miss and skip counts, overall and per phrase type.
+
+    Args:
+        protocol: a name in ``PROTOCOLS`` or a PointingProtocol.
+    """
+
+    def __init__(self, protocol: str | PointingProtocol = DEFAULT_PROTOCOL) -> None:
+        self.protocol = get_protocol(protocol)
+        self._tally = Tally(("hit",))
+
+    def reset(self) -> None:
+        """Forget every recorded phrase."""
+        self._tally.reset()
+
+    def update(
+        self,
+        phrase: Phrase,
+        width: int,
+        height: int,
+        heatmap: torch.Tensor | None = None,
+        point: tuple[float, float] | None = None,
+    ) -> bool | None:
+        """Score one phrase of a ``width`` x ``height`` image.
+
+        Args:
+            phrase: the phrase with its GT boxes and types.
+            width: image width in pixels.
+            height: image height in pixels.
+            heatmap: the phrase's (h, w) heatmap (any resolution); or
+            point: a precomputed answer (x, y) in image pixels. Give exactly one.
+
+        Returns:
+            True for a hit, False for a miss, None when the protocol skips the phrase.
+        """
+        if (heatmap is None) == (point is None):
+            raise ValueError("give exactly one of heatmap or point")
+        check_image_size(width, height)
+        reason = skip_reason(phrase, width, height, self.protocol)
+        if reason is not None:
+            self._tally.skip(reason)
+            return None
+        if heatmap is not None:
+            point = pointing_point(heatmap, width, height, self.protocol)
+        hit = point is not None and point_hits(point, phrase.boxes, self.protocol)
+        self._tally.add(phrase.types, {"hit": float(hit)})
+        return hit
+
+    def compute(self) -> dict:
+        """Report ``protocol, accuracy, hits, misses, n_evaluated, skipped, per_type``.
+
+        ``accuracy`` is None when no phrase was evaluated; ``skipped`` maps reason -> count;
+        ``per_type`` maps type -> ``{accuracy, hits, misses}``.
+        """
+        t = self._tally
+        return {
+            "protocol": self.protocol.name,
+            **Tally.counts(t.total, "hit"),
+            "n_evaluated": t.total.n,
+            "skipped": dict(sorted(t.skipped.items())),
+            "per_type": {name: Tally.counts(g, "hit") for name, g in sorted(t.per_type.items())},
+        }
