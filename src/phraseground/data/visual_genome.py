@@ -1,0 +1,164 @@
+"""Visual Genome region descriptions, cleaned as in Akbari et al. 2019.
+
+Layout under ``root``::
+
+    region_descriptions.json   [{"id": image id, "regions": [{region_id, phrase, x, y,
+                                width, height}, ...]}, ...]   (pixels; may pass the image edge)
+    image_data.json            [{image_id, url, width, height, coco_id, flickr_id}, ...]
+    VG_100K/<id>.jpg, VG_100K_2/<id>.jpg    (the folder is named in the url)
+
+Cleaning (the paper, following DenseCap's preprocessing): a few symbols are spelled out
+(``½`` -> "half", ``°`` -> " degree", ...), accents are folded to ASCII and other non-ASCII
+characters dropped, text is lower-cased and ASCII punctuation removed; regions left without
+words or with more than ``max_words`` (10) words are dropped; boxes are clipped to the image;
+identical descriptions of one image are merged into one caption whose phrase holds every box.
+Each caption is typed ("vg_region",). The train/test image ids of the paper ship with the
+package (``splits/akbari2019_vg_splits.json``).
+"""
+from __future__ import annotations
+
+import json
+import string
+import unicodedata
+from functools import cache
+from importlib.resources import files
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+import torch
+from torchvision.ops import clip_boxes_to_image
+
+from phraseground.data.referit import expression_caption
+from phraseground.data.safe_pickle import get_field, load_json, require_file
+from phraseground.data.types import Box, Caption, ImageSample, ReadReport
+from phraseground.errors import ConfigError, DataFormatError
+
+VG_TYPES = ("vg_region",)
+VG_SPLITS = ("train", "test")
+_SYMBOLS = {"½": "half", "—": "-", "™": "", "¢": "cent", "°": " degree", "…": ""}
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_Number = (int, float)
+
+
+def clean_vg_phrase(text: str) -> list[str]:
+    """The cleaned words of a region description (see the module doc)."""
+    for symbol, spelled in _SYMBOLS.items():
+        text = text.replace(symbol, spelled)
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return folded.lower().translate(_NO_PUNCTUATION).split()
+
+
+@cache
+def _akbari_splits() -> dict[str, frozenset[int]]:
+    resource = files("phraseground").joinpath("splits", "akbari2019_vg_splits.json")
+    data = json.loads(resource.read_text(encoding="utf-8"))
+    return {name: frozenset(data[name]) for name in VG_SPLITS}
+
+
+def akbari2019_vg_split(split: str) -> frozenset[int]:
+    """Visual Genome image ids of the Akbari et al. 2019 "train" (90,599) or "test" (17,478) split."""
+    if split not in VG_SPLITS:
+        raise ConfigError(f"unknown Visual Genome split '{split}'; expected one of {', '.join(VG_SPLITS)}")
+    return _akbari_splits()[split]
+
+
+def read_visual_genome(
+    root: Path, split: str | None = None, require_images: bool = True, *, max_words: int = 10
+) -> tuple[list[ImageSample], ReadReport]:
+    """Read and clean Visual Genome region descriptions.
+
+    Args:
+        root: the Visual Genome folder (see the module doc).
+        split: "train" or "test" (Akbari et al. 2019 image ids); None reads every image.
+        require_images: raise DataFormatError for a missing image file.
+        max_words: longer descriptions (after cleaning) are dropped.
+
+    Returns:
+        One sample per image with at least one region left, one caption per distinct cleaned
+        description, and the counts of what the cleaning dropped or changed.
+    """
+    root = Path(root)
+    keep = akbari2019_vg_split(split) if split is not None else None
+    images = _read_image_data(root / "image_data.json")
+    regions_path = root / "region_descriptions.json"
+    entries = load_json(regions_path)
+    if not isinstance(entries, list):
+        raise DataFormatError(regions_path, f"expected a list of images, got {type(entries).__name__}")
+    report = ReadReport()
+    samples = []
+    for i, entry in enumerate(entries):
+        where = f"[{i}]"
+        image_id = get_field(entry, "id" if isinstance(entry, dict) and "id" in entry else "image_id", int, regions_path, where)
+        if keep is not None and image_id not in keep:
+            continue
+        if image_id not in images:
+            report.add("image_without_metadata", f"image id {image_id}")
+            continue
+        path, width, height = images[image_id]
+        regions = get_field(entry, "regions", list, regions_path, where)
+        captions = _image_captions(regions, (width, height), max_words, regions_path, where, report)
+        if not captions:
+            report.add("image_without_regions", f"image id {image_id}")
+            continue
+        if require_images:
+            require_file(path)
+        samples.append(ImageSample(str(image_id), path, width, height, captions))
+    return samples, report
+
+
+def _read_image_data(path: Path) -> dict[int, tuple[Path, int, int]]:
+    """``image id -> (image path, width, height)``; the image folder is taken from the url."""
+    data = load_json(path)
+    if not isinstance(data, list):
+        raise DataFormatError(path, f"expected a list of images, got {type(data).__name__}")
+    images = {}
+    for i, im in enumerate(data):
+        where = f"[{i}]"
+        image_id = get_field(im, "image_id" if isinstance(im, dict) and "image_id" in im else "id", int, path, where)
+        url_parts = PurePosixPath(urlparse(get_field(im, "url", str, path, where)).path).parts
+        if len(url_parts) < 2 or not url_parts[-1]:
+            raise DataFormatError(path, f"{where}: url does not end in <folder>/<file>")
+        image_path = path.parent / url_parts[-2] / url_parts[-1]
+        images[image_id] = (image_path, get_field(im, "width", int, path, where), get_field(im, "height", int, path, where))
+    return images
+
+
+def _image_captions(
+    regions: list, size: tuple[int, int], max_words: int, path: Path, where: str, report: ReadReport
+) -> tuple[Caption, ...]:
+    """Clean one image's regions and merge identical descriptions into multi-box captions."""
+    kept: list[tuple[str, str]] = []  # (cleaned text, region id) of regions with usable text
+    raw_boxes: list[tuple[float, float, float, float]] = []
+    for j, region in enumerate(regions):
+        rwhere = f"{where}.regions[{j}]"
+        words = clean_vg_phrase(get_field(region, "phrase", str, path, rwhere))
+        region_id = str(get_field(region, "region_id", int, path, rwhere))
+        if not words:
+            report.add("region_without_text", f"region {region_id}")
+        elif len(words) > max_words:
+            report.add("region_too_long", f"region {region_id}: {' '.join(words)}")
+        else:
+            x, y, w, h = (float(get_field(region, k, _Number, path, rwhere)) for k in ("x", "y", "width", "height"))
+            kept.append((" ".join(words), region_id))
+            raw_boxes.append((x, y, x + w, y + h))
+    if not kept:
+        return ()
+    raw = torch.tensor(raw_boxes, dtype=torch.float64)  # (R, 4) xyxy
+    clipped = clip_boxes_to_image(raw, (size[1], size[0]))  # (R, 4), size given as (H, W)
+    valid = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    changed = (clipped != raw).any(dim=1)
+    merged: dict[str, tuple[str, list[Box]]] = {}
+    for (text, region_id), box, ok, moved in zip(kept, clipped.tolist(), valid.tolist(), changed.tolist()):
+        if not ok:
+            report.add("region_box_empty_in_image", f"region {region_id}")
+            continue
+        if moved:
+            report.add("region_box_clipped", f"region {region_id}")
+        if text in merged:
+            report.add("region_merged", f"region {region_id}: {text}")
+        chain_id, boxes = merged.setdefault(text, (region_id, []))
+        if tuple(box) in boxes:
+            report.add("duplicate_region_box", f"region {region_id}")
+        else:
+            boxes.append(tuple(box))
+    return tuple(expression_caption(text, chain_id, tuple(boxes), VG_TYPES) for text, (chain_id, boxes) in merged.items())
