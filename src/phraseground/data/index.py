@@ -29,6 +29,7 @@ from torchvision.ops import clip_boxes_to_image
 
 from phraseground import __version__
 from phraseground.data.coco import read_coco
+from phraseground.data.flickr30k import read_flickr30k
 from phraseground.data.karpathy import read_karpathy
 from phraseground.data.referit import read_referit_hu, read_refer
 from phraseground.data.safe_pickle import atomic_write_bytes
@@ -43,15 +44,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 Reader = Callable[..., tuple[list[ImageSample], ReadReport]]
 
 
-def _read_flickr30k(root: Path, split: str | None = None, require_images: bool = True) -> tuple[list[ImageSample], ReadReport]:
-    """Flickr30k Entities (``phraseground.data.flickr30k``, imported when used)."""
-    from phraseground.data.flickr30k import read_flickr30k
-
-    return read_flickr30k(root, split, require_images)
-
-
 DATASETS: dict[str, Reader] = {
-    "flickr30k": _read_flickr30k,
+    "flickr30k": read_flickr30k,
     "coco": read_coco,
     "coco-karpathy": read_karpathy,
     "referit": read_refer,
@@ -87,7 +81,8 @@ def write_index(samples: list[ImageSample], path: Path, meta: dict[str, Any]) ->
 
 def _encode_sample(s: ImageSample, rel_path: Path) -> list:
     captions = [
-        [c.text, [[p.text, p.first_word, p.num_words, p.chain_id, list(p.types), [list(b) for b in p.boxes]] for p in c.phrases]]
+        [c.text, [[p.text, p.first_word, p.num_words, p.chain_id, list(p.types), [list(b) for b in p.boxes]]
+                  for p in c.phrases]]
         for c in s.captions
     ]
     return [s.image_id, rel_path.as_posix(), s.width, s.height, captions]
@@ -124,7 +119,8 @@ def read_index(path: Path, image_root: Path | None = None) -> tuple[list[ImageSa
             f"index format version {doc.get('version')!r}, this phraseground reads version {INDEX_VERSION}; "
             "re-run `phraseground prepare` to rebuild it",
         )
-    if not (isinstance(doc.get("meta"), dict) and isinstance(doc.get("samples"), list) and isinstance(doc.get("image_root"), str)):
+    expected = {"meta": dict, "image_root": str, "samples": list}
+    if not all(isinstance(doc.get(k), t) for k, t in expected.items()):
         raise DataFormatError(path, "corrupt index: needs 'meta' (object), 'image_root' (string) and 'samples' (list)")
     root = Path(image_root) if image_root is not None else Path(doc["image_root"])
     samples = []
@@ -235,7 +231,8 @@ def _validate_boxes(p: Phrase, s: ImageSample, problems: ReadReport) -> tuple:
     inside = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     moved = (clipped != raw).any(dim=1)
     kept = []
-    for box, box_ok, in_ok, box_moved, clip in zip(p.boxes, ordered.tolist(), inside.tolist(), moved.tolist(), clipped.tolist()):
+    flags = zip(ordered.tolist(), inside.tolist(), moved.tolist(), clipped.tolist())
+    for box, (box_ok, in_ok, box_moved, clip) in zip(p.boxes, flags):
         if not box_ok:
             problems.add("broken_box", f"{where}: {box}")
         elif not in_ok:
@@ -299,7 +296,9 @@ def prepare_dataset(name: str, root: Path, out: Path, split: str | None = None, 
     known = [p.name for p in inspect.signature(reader).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for dataset '{name}'; known: {', '.join(known) or 'none'}")
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)} for dataset '{name}'; known: {', '.join(known) or 'none'}"
+        )
     root, out = Path(root), Path(out)
     samples, read_report = reader(root, split, require_images=False, **options)
     kept, problems = validate_samples(samples)

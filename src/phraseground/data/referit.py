@@ -101,7 +101,8 @@ def read_refer(
     root = Path(root)
     if image_dir is None:
         if dataset not in _REFER_IMAGE_DIRS:
-            raise ConfigError(f"unknown refer dataset '{dataset}'; pass image_dir or use one of {sorted(_REFER_IMAGE_DIRS)}")
+            known = ", ".join(_REFER_IMAGE_DIRS)
+            raise ConfigError(f"unknown refer dataset '{dataset}'; pass image_dir or use one of {known}")
         image_dir = root / _REFER_IMAGE_DIRS[dataset]
     folder = root / dataset
     refs_json = folder / f"refs({split_by}).json"
@@ -255,7 +256,8 @@ def read_imlist(path: Path) -> list[str]:
 
 def _read_imlist(root: Path, split: str) -> set[str]:
     name = f"referit_{split}_imlist.txt"
-    return set(read_imlist(_first_existing(root, [f"data/split/{name}", f"split/{name}", name], f"'{split}' image list")))
+    candidates = [f"data/split/{name}", f"split/{name}", name]
+    return set(read_imlist(_first_existing(root, candidates, f"'{split}' image list")))
 
 
 def _regions_from_metadata(
@@ -335,7 +337,7 @@ def mask_box(path: Path, report: ReadReport) -> Box | None:
         return None
     try:
         mat = scipy.io.loadmat(path)
-    except (ValueError, TypeError, OSError, NotImplementedError) as e:
+    except (scipy.io.matlab.MatReadError, ValueError, TypeError, OSError, NotImplementedError) as e:
         raise DataFormatError(path, f"not a readable MATLAB mask ({e})") from None
     if "segimg_t" not in mat:
         raise DataFormatError(path, "MATLAB file has no 'segimg_t' mask")

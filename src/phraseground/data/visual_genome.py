@@ -88,7 +88,7 @@ def read_visual_genome(
     samples = []
     for i, entry in enumerate(entries):
         where = f"[{i}]"
-        image_id = get_field(entry, "id" if isinstance(entry, dict) and "id" in entry else "image_id", int, regions_path, where)
+        image_id = get_field(entry, _id_key(entry, "id", "image_id"), int, regions_path, where)
         if keep is not None and image_id not in keep:
             continue
         if image_id not in images:
@@ -106,6 +106,11 @@ def read_visual_genome(
     return samples, report
 
 
+def _id_key(record: object, key: str, fallback: str) -> str:
+    """The image-id key of a record: ``key``, or ``fallback`` in files of older releases."""
+    return key if not isinstance(record, dict) or key in record else fallback
+
+
 def _read_image_data(path: Path) -> dict[int, tuple[Path, int, int]]:
     """``image id -> (image path, width, height)``; the image folder is taken from the url."""
     data = load_json(path)
@@ -114,12 +119,13 @@ def _read_image_data(path: Path) -> dict[int, tuple[Path, int, int]]:
     images = {}
     for i, im in enumerate(data):
         where = f"[{i}]"
-        image_id = get_field(im, "image_id" if isinstance(im, dict) and "image_id" in im else "id", int, path, where)
+        image_id = get_field(im, _id_key(im, "image_id", "id"), int, path, where)
         url_parts = PurePosixPath(urlparse(get_field(im, "url", str, path, where)).path).parts
         if len(url_parts) < 2 or not url_parts[-1]:
             raise DataFormatError(path, f"{where}: url does not end in <folder>/<file>")
         image_path = path.parent / url_parts[-2] / url_parts[-1]
-        images[image_id] = (image_path, get_field(im, "width", int, path, where), get_field(im, "height", int, path, where))
+        width, height = (get_field(im, k, int, path, where) for k in ("width", "height"))
+        images[image_id] = (image_path, width, height)
     return images
 
 
@@ -161,4 +167,6 @@ def _image_captions(
             report.add("duplicate_region_box", f"region {region_id}")
         else:
             boxes.append(tuple(box))
-    return tuple(expression_caption(text, chain_id, tuple(boxes), VG_TYPES) for text, (chain_id, boxes) in merged.items())
+    return tuple(
+        expression_caption(text, chain_id, tuple(boxes), VG_TYPES) for text, (chain_id, boxes) in merged.items()
+    )
