@@ -50,6 +50,7 @@ def test_subword_mean_alignment_and_shapes(tiny):
     torch.testing.assert_close(feats.sentence[0, 0], states[-1].mean(0))  # mean over CLS..SEP
     other = direct_states(tiny, ["the", "red", "ball"])
     torch.testing.assert_close(feats.words[1, :, 0], torch.stack([s[1] for s in other]))  # padded text unaffected
+    torch.testing.assert_close(feats.sentence[1, 0], other[-1].mean(0))  # padding left out of the mean
     assert torch.all(feats.words[2] == 0)
 
 
