@@ -99,20 +99,25 @@ def heatmap_to_boxes(
     rows, cols = torch.nonzero((hm == pooled) & (hm >= cfg.peak_frac * top), as_tuple=True)
     values = hm[rows, cols]
     arr = hm.numpy()
-    boxes, scores = [], []
-    # peaks of equal value inside one region (plateaus) share a box: label once per value
-    for v in torch.unique(values).tolist():
+    boxes = torch.zeros(0, 4, dtype=torch.float64)
+    scores = torch.zeros(0, dtype=torch.float64)
+    # best peaks first; peaks of equal value inside one region (plateaus) share a box
+    for v in torch.unique(values).flip(0).tolist():
         labels, _ = ndimage.label(arr >= cfg.region_frac * v)  # (H, W) component ids
         at_v = values == v
         ids = np.unique(labels[rows[at_v].numpy(), cols[at_v].numpy()])
         regions = torch.from_numpy(labels[None] == ids[:, None, None])  # (n, H, W)
         b = masks_to_boxes(regions).to(torch.float64)  # (n, 4), inclusive max pixel
         b[:, 2:] += 1  # inclusive last pixel -> continuous xyxy
-        boxes.append(b)
-        scores.append(torch.full((len(ids),), v, dtype=torch.float64))
-    all_boxes, all_scores = torch.cat(boxes), torch.cat(scores)
-    keep = nms(all_boxes, all_scores, cfg.nms_iou)[: cfg.max_boxes]
-    return all_boxes[keep], all_scores[keep]
+        boxes = torch.cat([boxes, b])
+        scores = torch.cat([scores, torch.full((len(ids),), v, dtype=torch.float64)])
+        keep = nms(boxes, scores, cfg.nms_iou)
+        # greedy suppression never lets a weaker box remove a stronger one: once max_boxes
+        # boxes survive, the remaining (weaker) peaks cannot change the answer
+        if len(keep) >= cfg.max_boxes:
+            break
+    keep = keep[: cfg.max_boxes]
+    return boxes[keep], scores[keep]
 
 
 def box_pixel_mask(boxes: BoxesLike, width: int, height: int) -> torch.Tensor:
