@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import shutil
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 from PIL import Image
 
 from phraseground.data.index import DATASETS, prepare_dataset, read_index, validate_samples, write_index
+from phraseground.data.safe_pickle import check_boxes
 from phraseground.data.types import Caption, ImageSample, Phrase, ReadReport
 from phraseground.errors import ConfigError, DataFormatError, PhrasegroundError
 
@@ -83,6 +86,28 @@ def test_corrupt_or_foreign_index(tmp_path: Path) -> None:
         read_index(plain)
 
 
+def _naive_verdict(box: tuple, width: int, height: int) -> tuple[str, tuple]:
+    x0, y0, x1, y1 = box
+    if not all(math.isfinite(v) for v in box) or x1 <= x0 or y1 <= y0:
+        return "broken", None
+    c = (min(max(x0, 0), width), min(max(y0, 0), height), min(max(x1, 0), width), min(max(y1, 0), height))
+    if c[2] <= c[0] or c[3] <= c[1]:
+        return "outside", None
+    return ("clipped" if c != box else "ok"), c
+
+
+def test_check_boxes_against_naive_loop() -> None:
+    rng = random.Random(0)
+    boxes = [tuple(float(rng.randint(-20, 120)) for _ in range(4)) for _ in range(400)]
+    boxes += [(1.0, 2.0, float("nan"), 4.0), (0.0, 0.0, 100.0, 50.0), (0.5, 0.5, 99.5, 49.5)]
+    got = check_boxes(boxes, 100, 50)
+    expected = [_naive_verdict(b, 100, 50) for b in boxes]
+    assert [v for v, _ in got] == [v for v, _ in expected]
+    assert [c for (v, c) in got if v in ("ok", "clipped")] == [c for (v, c) in expected if v in ("ok", "clipped")]
+    assert {v for v, _ in got} == {"ok", "clipped", "broken", "outside"}
+    assert check_boxes([], 10, 10) == []
+
+
 def _image(path: Path, size: tuple[int, int] = (8, 6)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size).save(path)
@@ -117,7 +142,7 @@ def test_validate_samples(tmp_path: Path) -> None:
         "unknown_image_size": 1, "image_without_captions": 1,
     }
     assert problems.examples["missing_image"] == [str(tmp_path / "missing.jpg")]
-    assert problems.examples["broken_box"][0] == "image a 'w': (5, 5, 5, 9)"
+    assert problems.examples["broken_box"][0] == "image a 'w': (5, 5, 5, 9) in 100x50"
     assert validate_samples([missing], check_images=False)[0] == [missing]
 
 

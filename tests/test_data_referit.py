@@ -142,6 +142,16 @@ def test_refer_missing_image_and_unknown_ann(refer_root: Path) -> None:
     assert len(read_refer(refer_root, require_images=False)[0]) == 1
 
 
+def test_refer_other_dataset_folder(refer_root: Path) -> None:
+    shutil.copytree(refer_root / "refclef", refer_root / "refcoco")
+    samples, _ = read_refer(refer_root, dataset="refcoco", require_images=False)
+    assert samples[0].image_path == refer_root / "images" / "mscoco" / "images" / "train2014" / "08/images/8756.jpg"
+    samples, _ = read_refer(refer_root, dataset="refcoco", image_dir=refer_root / "imgs", require_images=False)
+    assert samples[0].image_path == refer_root / "imgs" / "08/images/8756.jpg"
+    with pytest.raises(ConfigError, match="unknown refer dataset 'mine'"):
+        read_refer(refer_root, dataset="mine")
+
+
 def test_refer_bad_instances(refer_root: Path) -> None:
     inst = refer_root / "refclef" / "instances.json"
     data = json.loads(inst.read_text())

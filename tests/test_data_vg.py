@@ -78,10 +78,11 @@ def test_read_visual_genome_cleaning(vg_root: Path) -> None:
     assert second.captions[0].phrases[0].boxes == ((1.5, 2.5, 11.5, 22.5),)
     assert report.counts == {
         "region_merged": 2, "duplicate_region_box": 1, "region_without_text": 2, "region_too_long": 1,
-        "region_box_clipped": 1, "region_box_empty_in_image": 2, "image_without_regions": 1,
+        "region_box_clipped": 1, "region_box_outside_image": 1, "region_box_broken": 1, "image_without_regions": 1,
         "image_without_metadata": 1,
     }
-    assert report.examples["region_box_empty_in_image"] == ["region 17", "region 18"]
+    assert report.examples["region_box_outside_image"] == ["region 17"]
+    assert report.examples["region_box_broken"] == ["region 18"]
 
 
 def test_visual_genome_akbari_split(tmp_path: Path) -> None:

@@ -19,27 +19,27 @@ import inspect
 import json
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import torch
-from torchvision.ops import clip_boxes_to_image
 
 from phraseground import __version__
 from phraseground.data.coco import read_coco
 from phraseground.data.flickr30k import read_flickr30k
 from phraseground.data.karpathy import read_karpathy
 from phraseground.data.referit import read_referit_hu, read_refer
-from phraseground.data.safe_pickle import atomic_write_bytes
-from phraseground.data.types import Caption, ImageSample, Phrase, ReadReport
+from phraseground.data.safe_pickle import (
+    BOX_BROKEN, BOX_CLIPPED, BOX_OK, BOX_OUTSIDE, atomic_write_bytes, check_boxes,
+)
+from phraseground.data.types import Box, Caption, ImageSample, Phrase, ReadReport
 from phraseground.data.visual_genome import read_visual_genome
 from phraseground.errors import ConfigError, DataFormatError, PhrasegroundError
 
 INDEX_FORMAT = "phraseground-index"
 INDEX_VERSION = 1
 _GZIP_MAGIC = b"\x1f\x8b"
+_BOX_PROBLEMS = {BOX_BROKEN: "broken_box", BOX_OUTSIDE: "box_outside_image"}
 
 Reader = Callable[..., tuple[list[ImageSample], ReadReport]]
 
@@ -189,7 +189,9 @@ def validate_samples(samples: list[ImageSample], check_images: bool = True) -> t
         if s.width <= 0 or s.height <= 0:
             problems.add("unknown_image_size", f"{s.image_path} ({s.width}x{s.height})")
             continue
-        captions = tuple(c for c in (_validate_caption(c, s, problems) for c in s.captions) if c is not None)
+        verdicts = iter(check_boxes([b for c in s.captions for p in c.phrases for b in p.boxes], s.width, s.height))
+        captions = [_validate_caption(c, s, verdicts, problems) for c in s.captions]
+        captions = tuple(c for c in captions if c is not None)
         if not captions:
             problems.add("image_without_captions", str(s.image_path))
             continue
@@ -197,51 +199,39 @@ def validate_samples(samples: list[ImageSample], check_images: bool = True) -> t
     return kept, problems
 
 
-def _validate_caption(c: Caption, s: ImageSample, problems: ReadReport) -> Caption | None:
+def _validate_caption(
+    c: Caption, s: ImageSample, verdicts: Iterator[tuple[str, Box]], problems: ReadReport
+) -> Caption | None:
+    """The caption with its broken parts dropped (None if nothing is left); consumes its boxes' verdicts."""
     where = f"image {s.image_id}"
+    checked = [(p, [next(verdicts) for _ in p.boxes]) for p in c.phrases]
     if not c.text.strip():
         problems.add("empty_caption", where)
         return None
     if not c.phrases:
         return c
     phrases = []
-    for p in c.phrases:
+    for p, box_verdicts in checked:
         if p.first_word < 0 or p.num_words <= 0 or p.first_word + p.num_words > len(c.tokens):
             problems.add("broken_phrase_span", f"{where}: '{p.text}' words {p.word_span} of '{c.text}'")
             continue
-        if not p.boxes:
-            phrases.append(p)
-            continue
-        boxes = _validate_boxes(p, s, problems)
-        if boxes:
-            phrases.append(replace(p, boxes=boxes))
-        else:
+        boxes = []
+        for box, (verdict, clipped) in zip(p.boxes, box_verdicts):
+            if verdict == BOX_OK:
+                boxes.append(box)
+            elif verdict == BOX_CLIPPED:
+                problems.add("box_clipped", f"{where} '{p.text}': {box} in {s.width}x{s.height}")
+                boxes.append(clipped)
+            else:
+                problems.add(_BOX_PROBLEMS[verdict], f"{where} '{p.text}': {box} in {s.width}x{s.height}")
+        if p.boxes and not boxes:
             problems.add("phrase_without_valid_box", f"{where}: '{p.text}'")
+        else:
+            phrases.append(replace(p, boxes=tuple(boxes)))
     if not phrases:
         problems.add("caption_without_valid_phrase", f"{where}: '{c.text}'")
         return None
     return replace(c, phrases=tuple(phrases))
-
-
-def _validate_boxes(p: Phrase, s: ImageSample, problems: ReadReport) -> tuple:
-    where = f"image {s.image_id} '{p.text}'"
-    raw = torch.tensor(p.boxes, dtype=torch.float64)  # (K, 4) xyxy
-    ordered = torch.isfinite(raw).all(dim=1) & (raw[:, 2] > raw[:, 0]) & (raw[:, 3] > raw[:, 1])
-    clipped = clip_boxes_to_image(raw, (s.height, s.width))  # (K, 4)
-    inside = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-    moved = (clipped != raw).any(dim=1)
-    kept = []
-    flags = zip(ordered.tolist(), inside.tolist(), moved.tolist(), clipped.tolist())
-    for box, (box_ok, in_ok, box_moved, clip) in zip(p.boxes, flags):
-        if not box_ok:
-            problems.add("broken_box", f"{where}: {box}")
-        elif not in_ok:
-            problems.add("box_outside_image", f"{where}: {box} in {s.width}x{s.height}")
-        else:
-            if box_moved:
-                problems.add("box_clipped", f"{where}: {box} in {s.width}x{s.height}")
-            kept.append(tuple(clip))
-    return tuple(kept)
 
 
 # ----------------------------------------------------------------------------- prepare

@@ -1,10 +1,11 @@
-"""Safe reading of untrusted dataset files, and atomic writing.
+"""Helpers shared by the dataset readers: safe reading of untrusted files, atomic writing,
+image sizes and box checks.
 
 Dataset annotations come from the internet: the ``refer`` pickles (``refs(unc).p``) in
 particular could carry code. :func:`load_pickle` uses a restricted unpickler whose
 ``find_class`` refuses every global, so only plain containers (list, tuple, dict, set),
 str, bytes, numbers, bool and None can load. :func:`pickle_to_json` converts such a
-pickle to JSON once, so later runs read the JSON. The small JSON and image-header helpers
+pickle to JSON once, so later runs read the JSON. The JSON, image-header and box helpers
 used by every reader live here too, so each reader reports bad files the same way.
 """
 from __future__ import annotations
@@ -17,9 +18,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.ops import clip_boxes_to_image
 
+from phraseground.data.types import Box
 from phraseground.errors import DataFormatError
+
+BOX_OK, BOX_CLIPPED, BOX_BROKEN, BOX_OUTSIDE = "ok", "clipped", "broken", "outside"
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
@@ -175,3 +181,25 @@ def require_file(path: Path, what: str = "image file") -> None:
     """Raise DataFormatError naming ``path`` unless it is an existing file."""
     if not Path(path).is_file():
         raise DataFormatError(path, f"{what} not found")
+
+
+def check_boxes(boxes: list[Box], width: int, height: int) -> list[tuple[str, Box]]:
+    """Check xyxy boxes against an image and clip them to it.
+
+    Returns:
+        Per box a verdict and the clipped box: ``BOX_OK``; ``BOX_CLIPPED`` (it passed the image
+        edge); ``BOX_BROKEN`` (not finite, or ``x1 <= x0`` or ``y1 <= y0``); ``BOX_OUTSIDE``
+        (nothing of it is inside the image).
+    """
+    if not boxes:
+        return []
+    raw = torch.tensor(boxes, dtype=torch.float64)  # (K, 4) xyxy
+    ordered = torch.isfinite(raw).all(dim=1) & (raw[:, 2] > raw[:, 0]) & (raw[:, 3] > raw[:, 1])
+    clipped = clip_boxes_to_image(raw, (height, width))  # (K, 4)
+    inside = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    moved = (clipped != raw).any(dim=1)
+    verdicts = []
+    for box_ok, in_ok, box_moved, box in zip(ordered.tolist(), inside.tolist(), moved.tolist(), clipped.tolist()):
+        verdict = BOX_BROKEN if not box_ok else BOX_OUTSIDE if not in_ok else BOX_CLIPPED if box_moved else BOX_OK
+        verdicts.append((verdict, tuple(box)))
+    return verdicts

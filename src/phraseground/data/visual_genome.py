@@ -25,11 +25,10 @@ from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-import torch
-from torchvision.ops import clip_boxes_to_image
-
 from phraseground.data.referit import expression_caption
-from phraseground.data.safe_pickle import get_field, load_json, require_file
+from phraseground.data.safe_pickle import (
+    BOX_BROKEN, BOX_CLIPPED, BOX_OUTSIDE, check_boxes, get_field, load_json, require_file,
+)
 from phraseground.data.types import Box, Caption, ImageSample, ReadReport
 from phraseground.errors import ConfigError, DataFormatError
 
@@ -134,7 +133,7 @@ def _image_captions(
 ) -> tuple[Caption, ...]:
     """Clean one image's regions and merge identical descriptions into multi-box captions."""
     kept: list[tuple[str, str]] = []  # (cleaned text, region id) of regions with usable text
-    raw_boxes: list[tuple[float, float, float, float]] = []
+    raw_boxes: list[Box] = []
     for j, region in enumerate(regions):
         rwhere = f"{where}.regions[{j}]"
         words = clean_vg_phrase(get_field(region, "phrase", str, path, rwhere))
@@ -147,26 +146,23 @@ def _image_captions(
             x, y, w, h = (float(get_field(region, k, _Number, path, rwhere)) for k in ("x", "y", "width", "height"))
             kept.append((" ".join(words), region_id))
             raw_boxes.append((x, y, x + w, y + h))
-    if not kept:
-        return ()
-    raw = torch.tensor(raw_boxes, dtype=torch.float64)  # (R, 4) xyxy
-    clipped = clip_boxes_to_image(raw, (size[1], size[0]))  # (R, 4), size given as (H, W)
-    valid = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-    changed = (clipped != raw).any(dim=1)
     merged: dict[str, tuple[str, list[Box]]] = {}
-    for (text, region_id), box, ok, moved in zip(kept, clipped.tolist(), valid.tolist(), changed.tolist()):
-        if not ok:
-            report.add("region_box_empty_in_image", f"region {region_id}")
+    for (text, region_id), (verdict, box) in zip(kept, check_boxes(raw_boxes, *size)):
+        if verdict == BOX_BROKEN:
+            report.add("region_box_broken", f"region {region_id}")
             continue
-        if moved:
+        if verdict == BOX_OUTSIDE:
+            report.add("region_box_outside_image", f"region {region_id}")
+            continue
+        if verdict == BOX_CLIPPED:
             report.add("region_box_clipped", f"region {region_id}")
         if text in merged:
             report.add("region_merged", f"region {region_id}: {text}")
         chain_id, boxes = merged.setdefault(text, (region_id, []))
-        if tuple(box) in boxes:
+        if box in boxes:
             report.add("duplicate_region_box", f"region {region_id}")
         else:
-            boxes.append(tuple(box))
+            boxes.append(box)
     return tuple(
         expression_caption(text, chain_id, tuple(boxes), VG_TYPES) for text, (chain_id, boxes) in merged.items()
     )
