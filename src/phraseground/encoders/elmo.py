@@ -10,8 +10,9 @@ except the char embedding (a zero row 0 is prepended for padding) and the convol
 
 Outputs per whitespace token (K = n_layers + 1): layer 0 is the char-CNN token vector
 duplicated to ``2 * projection_dim`` (as ELMo does), layer k the [forward; backward] output of
-LSTM layer k. Sentence vectors (J = 2 * n_layers, S = projection_dim): per layer, the forward
-output at the last word and the backward output at the first word.
+LSTM layer k (residual included). Sentence vectors (J = 2 * n_layers, S = projection_dim): per
+layer, the forward output at the last word and the backward output at the first word (the
+words proper, not ``<S>``/``</S>``); zeros for an empty text.
 """
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ class TransformerTextEncoder(TextEncoder):
         self.max_length = min(tokenizer.model_max_length, getattr(cfg, "max_position_embeddings", 10**9))
         self.unmatched_words = 0
         model.requires_grad_(not freeze)
-        self.train(self.training)
+        self.train(self.training)  # a frozen transformer goes to eval mode
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, pooling: str = "mean", freeze: bool = True,

@@ -27,7 +27,7 @@ from ..errors import ConfigError, DataFormatError, WeightsNotFoundError
 from .text import LearnedTextEncoder, Vocab
 
 
-@dataclass
+@dataclass(eq=False)
 class WordTable:
     """Words and their vectors, with an explicit vector for unknown words.
 
