@@ -148,6 +148,16 @@ def _render(rng: np.random.Generator, size: int, objects: list[SceneObject]) -> 
     return img, texture
 
 
+def render_single_object(rng: np.random.Generator, size: int) -> tuple[Image.Image, SceneObject]:
+    """One random object on a textured background (the backbone's pretraining task)."""
+    shape, colour = SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))]
+    size_name = list(SIZES)[rng.integers(len(SIZES))]
+    radius = SIZES[size_name] * size * rng.uniform(0.92, 1.08)
+    cx, cy = rng.uniform(radius * 0.9, size - radius * 0.9, size=2)
+    obj = SceneObject(shape, colour, size_name, float(cx), float(cy), float(radius), float(rng.uniform(-0.25, 0.25)))
+    return _render(rng, size, [obj])[0], obj
+
+
 _RELATIONS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 
 

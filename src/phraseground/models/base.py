@@ -19,11 +19,14 @@ class TrainBatch:
             models; the phrase itself for fully supervised ones).
         boxes: for fully supervised models, (B, 4) target boxes as fractions of the image
             size, xyxy in [0, 1]; None for weakly supervised models.
+        image_index: (B,) dataset index of each item's image, so that a contrastive loss does
+            not use another caption of the same image as a negative.
     """
 
     features: dict[str, torch.Tensor]
     tokens: list[list[str]]
     boxes: torch.Tensor | None = None
+    image_index: torch.Tensor | None = None
 
 
 @dataclass

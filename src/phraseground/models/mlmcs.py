@@ -1,0 +1,240 @@
+"""Multi-level multimodal common semantic space (Akbari et al., CVPR 2019).
+
+Visual path: L frozen-backbone taps, each bilinearly resized to M×M (done once, when features
+are cached), then 3 × (1×1 conv, D filters, LeakyReLU) and L2 normalisation -> V (B, L, N, D).
+Text path: a learned mix of the text encoder's layers -> 2 FC layers -> words S (B, T, D);
+a learned mix of the sentence vectors -> 2 FC layers -> s̄ (B, D); both L2-normalised.
+Attention without softmax: H = max(0, <s_t, v_n>), attended a = Σ_n H v_n, R = cos(a, s_t),
+level selection R_t = max_l R_{t,l}, sentence score R_w = logsumexp(γ1 R_t)/γ1; the sentence
+path gives R_s = max_l cos(a_l, s̄). Loss: batch softmax (γ2) in both directions, L = L^w + L^s.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..encoders.vision import get_backbone_spec
+from ..errors import ConfigError
+from .base import GroundingModel, GroundingResult, TrainBatch
+from .registry import register_model
+from .text_factory import create_text_encoder
+
+EPS = 1e-8
+
+
+@dataclass
+class MLMCSConfig:
+    """Configuration of ``mlmcs`` (defaults: the embedded synthetic setting; paper configs in configs/).
+
+    Attributes:
+        backbone, backbone_weights: frozen backbone name and weights ("pretrained", a path, "random").
+        levels: backbone taps used as visual levels (empty: the backbone's defaults).
+        level_ablation: "multi" (all levels), or a single level, "middle" or "last" (paper Table 3).
+        grid: M, every level is resized to M×M.
+        dim: D, the common space size.
+        mapping: "nonlinear" (paper: 3 conv / 2 FC layers with LeakyReLU) or "linear" (one linear layer each).
+        text_encoder, text_encoder_args, text_dim: the text encoder and its options.
+        word_layers: text-encoder layers mixed into the word features (learned encoder: 0 = the
+            word's own embedding, 1 = BiLSTM output; ELMo: 0, 1, 2).
+        attention: "relu" (paper) or "softmax" (ablation) over regions.
+        gamma1, gamma2: word pooling and batch-softmax temperatures.
+        grounding: "words" (phrase heatmap from its words in the full sentence, Flickr30k) or
+            "sentence" (the query's sentence heatmap, ReferIt/Visual Genome).
+    """
+
+    backbone: str = "synthcnn"
+    backbone_weights: str = "pretrained"
+    levels: list[str] = field(default_factory=list)
+    level_ablation: str = "multi"
+    grid: int = 16
+    dim: int = 256
+    mapping: str = "nonlinear"
+    leaky_slope: float = 0.25
+    text_encoder: str = "learned"
+    text_encoder_args: dict = field(default_factory=dict)
+    text_dim: int = 256
+    word_layers: list[int] = field(default_factory=lambda: [0])
+    attention: str = "relu"
+    gamma1: float = 5.0
+    gamma2: float = 10.0
+    grounding: str = "words"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("level_ablation", self.level_ablation, ("multi", "middle", "last")),
+            ("mapping", self.mapping, ("nonlinear", "linear")),
+            ("attention", self.attention, ("relu", "softmax")),
+            ("grounding", self.grounding, ("words", "sentence")),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"mlmcs: {name} must be one of {allowed}, got {value!r}")
+
+    def used_levels(self) -> list[str]:
+        """The taps actually fed to the model after the level ablation."""
+        levels = list(self.levels) or list(get_backbone_spec(self.backbone).default_levels)
+        if self.level_ablation == "middle":
+            return [levels[len(levels) // 2]]
+        if self.level_ablation == "last":
+            return [levels[-1]]
+        return levels
+
+
+def _mlp(dims: list[int], slope: float, conv: bool) -> nn.Sequential:
+    """Layers dims[0] -> dims[1] -> ... each followed by LeakyReLU; 1×1 convs when ``conv``."""
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Conv2d(a, b, 1) if conv else nn.Linear(a, b), nn.LeakyReLU(slope)]
+    return nn.Sequential(*layers)
+
+
+def attend(q: torch.Tensor, v: torch.Tensor, softmax: bool = False, all_pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of queries over regions at every level.
+
+    Args:
+        q: (Bq, T, D) unit queries (words, or a sentence with T = 1).
+        v: (Bv, L, N, D) unit region features.
+        softmax: normalise over regions with a softmax instead of the paper's ReLU.
+        all_pairs: score every query text against every image (Bq × Bv pairs); otherwise
+            text b is paired with image b (Bq = Bv).
+
+    Returns:
+        H (..., L, T, N) attention maps and R (..., L, T) = cos(Σ_n H v_n, q), where ``...``
+        is (Bq, Bv) for all pairs and (B,) otherwise.
+    """
+    pre = "si" if all_pairs else "b"
+    qs, vs = ("s", "i") if all_pairs else ("b", "b")
+    dots = torch.einsum(f"{qs}td,{vs}lnd->{pre}ltn", q, v)  # (..., L, T, N)
+    heat = torch.softmax(dots, dim=-1) if softmax else torch.relu(dots)
+    attended = torch.einsum(f"{pre}ltn,{vs}lnd->{pre}ltd", heat, v)  # (..., L, T, D)
+    score = (heat * dots).sum(-1) / attended.norm(dim=-1).clamp_min(EPS)  # <a, q> / |a|, |q| = 1
+    return heat, score
+
+
+@register_model("mlmcs", MLMCSConfig)
+class MLMCS(GroundingModel):
+    supervision = "weak"
+
+    def __init__(self, cfg: MLMCSConfig, vocab: list[str] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        spec = get_backbone_spec(cfg.backbone)
+        self.levels = cfg.used_levels()
+        missing = [lv for lv in self.levels if lv not in spec.channels]
+        if missing:
+            raise ConfigError(f"mlmcs: backbone {cfg.backbone} has no level(s) {missing}; known: {list(spec.channels)}")
+        linear = cfg.mapping == "linear"
+        self.visual = nn.ModuleDict({
+            lv: nn.Conv2d(spec.channels[lv], cfg.dim, 1) if linear
+            else _mlp([spec.channels[lv], cfg.dim, cfg.dim, cfg.dim], cfg.leaky_slope, conv=True)
+            for lv in self.levels
+        })
+        self.text = create_text_encoder(cfg.text_encoder, vocab, cfg.text_dim, cfg.text_encoder_args)
+        bad = [k for k in cfg.word_layers if not 0 <= k < self.text.num_layers]
+        if not cfg.word_layers or bad:
+            raise ConfigError(f"mlmcs: word_layers {cfg.word_layers} invalid for a {self.text.num_layers}-layer text encoder")
+        self.word_mix = nn.Parameter(torch.full((len(cfg.word_layers),), 1.0 / len(cfg.word_layers)))
+        self.sentence_mix = nn.Parameter(torch.full((self.text.num_sentence_vectors,), 1.0 / self.text.num_sentence_vectors))
+        e, s, d = self.text.word_dim, self.text.sentence_dim, cfg.dim
+        self.word_fc = nn.Linear(e, d) if linear else _mlp([e, d, d], cfg.leaky_slope, conv=False)
+        self.sentence_fc = nn.Linear(s, d) if linear else _mlp([s, d, d], cfg.leaky_slope, conv=False)
+
+    @property
+    def feature_grid(self) -> int | None:
+        """Features are cached already resized to this grid."""
+        return self.cfg.grid
+
+    @property
+    def feature_taps(self) -> list[str]:
+        return self.levels
+
+    def encode_image(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{tap: (B, C, M, M)} -> V (B, L, N, D), L2-normalised over D."""
+        maps = []
+        for lv in self.levels:
+            f = features[lv].float()
+            if f.shape[-1] != self.cfg.grid or f.shape[-2] != self.cfg.grid:
+                f = F.interpolate(f, size=(self.cfg.grid, self.cfg.grid), mode="bilinear", align_corners=False)
+            maps.append(self.visual[lv](f).flatten(2).transpose(1, 2))  # (B, N, D)
+        return F.normalize(torch.stack(maps, dim=1), dim=-1)  # (B, L, N, D)
+
+    def encode_text(self, tokens: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Texts -> words S (B, T, D), sentence s̄ (B, D), mask (B, T)."""
+        feats = self.text(tokens)
+        layers = feats.words[:, self.cfg.word_layers]  # (B, K', T, E)
+        words = (self.word_mix.view(1, -1, 1, 1) * layers).sum(1)  # (B, T, E)
+        sent = (self.sentence_mix.view(1, -1, 1) * feats.sentence).sum(1)  # (B, S)
+        return F.normalize(self.word_fc(words), dim=-1), F.normalize(self.sentence_fc(sent), dim=-1), feats.mask
+
+    def pair_scores(self, words: torch.Tensor, sent: torch.Tensor, mask: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All-pairs word-level R_w and sentence-level R_s scores, each (B_text, B_image)."""
+        softmax = self.cfg.attention == "softmax"
+        _, r = attend(words, v, softmax, all_pairs=True)  # (Bs, Bi, L, T)
+        r_t = r.amax(dim=2).masked_fill(~mask[:, None, :], float("-inf"))  # (Bs, Bi, T)
+        r_w = torch.logsumexp(self.cfg.gamma1 * r_t, dim=-1) / self.cfg.gamma1  # (Bs, Bi)
+        _, r_s = attend(sent[:, None, :], v, softmax, all_pairs=True)  # (Bs, Bi, L, 1)
+        return r_w, r_s.amax(dim=2).squeeze(-1)
+
+    def training_loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        v = self.encode_image(batch.features)
+        words, sent, mask = self.encode_text(batch.tokens)
+        r_w, r_s = self.pair_scores(words, sent, mask, v)
+        loss_w = batch_softmax_loss(r_w, self.cfg.gamma2, batch.image_index)
+        loss_s = batch_softmax_loss(r_s, self.cfg.gamma2, batch.image_index)
+        return {"loss": loss_w + loss_s, "loss_words": loss_w.detach(), "loss_sentence": loss_s.detach()}
+
+    def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        return self.training_loss(batch)
+
+    def ground(
+        self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]]
+    ) -> list[GroundingResult]:
+        v = self.encode_image(features)  # (B, L, N, D)
+        words, sent, mask = self.encode_text(tokens)
+        softmax = self.cfg.attention == "softmax"
+        m = self.cfg.grid
+        results = []
+        if self.cfg.grounding == "sentence":
+            heat, r = attend(sent[:, None, :], v, softmax)  # (B, L, 1, N), (B, L, 1)
+            for b, bspans in enumerate(spans):
+                level = int(r[b, :, 0].argmax())
+                hm = heat[b, level, 0].view(m, m)  # (M, M)
+                n = len(bspans)
+                results.append(GroundingResult(hm.expand(n, m, m).clone(), r[b, level, 0].clamp_min(0).expand(n).clone(),
+                                               torch.full((n,), level)))
+            return results
+        heat, r = attend(words, v, softmax)  # (B, L, T, N), (B, L, T)
+        r_t, level_t = r.max(dim=1)  # (B, T)
+        for b, bspans in enumerate(spans):
+            maps, scores, levels = [], [], []
+            for start, end in bspans:
+                w = r_t[b, start:end].clamp_min(0)  # (n_words,)
+                lv = level_t[b, start:end]
+                word_maps = heat[b, lv, torch.arange(start, end, device=heat.device)]  # (n_words, N)
+                total = w.sum()
+                hm = (w[:, None] * word_maps).sum(0) / total if total > 0 else torch.zeros_like(word_maps[0])
+                maps.append(hm.view(m, m))  # (M, M)
+                scores.append(total / max(end - start, 1))
+                levels.append(lv[int(w.argmax())] if end > start else torch.tensor(-1))
+            results.append(GroundingResult(torch.stack(maps), torch.stack(scores), torch.stack(levels)))
+        return results
+
+
+def batch_softmax_loss(scores: torch.Tensor, gamma: float, image_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative log-likelihood of the matched pairs under a softmax over the batch, both directions.
+
+    Args:
+        scores: (B, B) text × image scores, matched pairs on the diagonal.
+        gamma: softmax temperature factor (γ2 = 10 in the paper).
+        image_index: (B,) image id of each pair; off-diagonal pairs showing the same image
+            are not used as negatives.
+    """
+    logits = gamma * scores
+    if image_index is not None:
+        same = image_index[:, None] == image_index[None, :]
+        off = ~torch.eye(len(scores), dtype=torch.bool, device=scores.device)
+        logits = logits.masked_fill(same & off, float("-inf"))
+    target = torch.arange(len(scores), device=scores.device)
+    return F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)

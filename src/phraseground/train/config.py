@@ -1,0 +1,113 @@
+"""Experiment configuration: dataclasses loadable from YAML with ``key=value`` overrides."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the data is. ``format``: "flickr30k" (a Flickr30k Entities directory, real or
+    synthetic) or "index" (a file written by ``phraseground prepare``)."""
+
+    root: str = ""
+    format: str = "flickr30k"
+    train_split: str = "train"
+    val_split: str = "val"
+    synthetic_images: int = 2500  # used when root is empty: the embedded benchmark is generated
+    synthetic_seed: int = 0
+    synthetic_size: int = 128
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule (paper: B = 32, 20 epochs, Adam 1e-3 halved at 10 and 15)."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_milestones: list[int] = field(default_factory=lambda: [10, 15])
+    lr_gamma: float = 0.5
+    weight_decay: float = 5e-4
+    grad_clip: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+    val_protocol: str = "akbari2019"
+    val_max_images: int = 200
+    checkpoint_every: int = 200  # steps between mid-epoch `last` checkpoints (0: epoch ends only)
+    max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
+    vocab_min_count: int = 1
+    feature_batch: int = 64
+
+
+@dataclass
+class ExperimentConfig:
+    model: str = "mlmcs"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(where + k for k in unknown)}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """Build an ExperimentConfig from a nested dict (YAML content, checkpoint)."""
+    if not isinstance(values, dict):
+        raise ConfigError("a config must be a mapping with keys model, model_args, data, train")
+    values = dict(values)
+    data = _build(DataConfig, values.pop("data", None) or {}, "data.")
+    train = _build(TrainConfig, values.pop("train", None) or {}, "train.")
+    try:
+        return _build(ExperimentConfig, {**values, "data": data, "train": train}, "")
+    except TypeError as e:
+        raise ConfigError(f"invalid config: {e}") from None
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: cannot parse value ({e})") from None
+        parts = key.strip().split(".")
+        node = values
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = value
+    return values
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config (or start from the defaults) and apply overrides."""
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({e})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a config must be a mapping")
+    return config_from_dict(apply_overrides(values, overrides or []))

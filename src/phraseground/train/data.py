@@ -1,0 +1,98 @@
+"""Training/evaluation data: samples of a split, their cached backbone features, batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data.flickr30k import read_flickr30k
+from ..data.types import ImageSample
+from ..encoders.vision import create_backbone, get_backbone_spec
+from ..errors import ConfigError
+from ..features import extract_features
+from ..models.base import GroundingModel, TrainBatch
+from .config import DataConfig
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased whitespace tokens (phrase spans index these)."""
+    return text.lower().split()
+
+
+def load_split(data: DataConfig, split: str) -> list[ImageSample]:
+    """Samples of one split of the configured dataset."""
+    if data.format == "flickr30k":
+        samples, _ = read_flickr30k(Path(data.root), split)
+        return samples
+    if data.format == "index":
+        from ..data.index import read_index
+
+        samples, meta = read_index(Path(data.root))
+        return [s for s in samples if meta.get("splits", {}).get(s.image_id, split) == split]
+    raise ConfigError(f"unknown data format {data.format!r}; known: flickr30k, index")
+
+
+@dataclass
+class FeatureSet:
+    """Samples with their frozen-backbone features, tap -> (N, C, h, w) in sample order."""
+
+    samples: list[ImageSample]
+    features: dict[str, torch.Tensor]
+
+    def select(self, image_indices: list[int] | torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(image_indices, dtype=torch.long)
+        return {t: f[idx].to(device, torch.float32) for t, f in self.features.items()}
+
+
+def build_feature_set(model: GroundingModel, samples: list[ImageSample], batch_size: int = 64,
+                      device: str = "cpu", progress: bool = False) -> FeatureSet:
+    """Run the model's frozen backbone over the samples' images once."""
+    cfg = model.cfg
+    spec = get_backbone_spec(cfg.backbone)
+    backbone = create_backbone(cfg.backbone, cfg.backbone_weights, model.feature_taps)
+    feats = extract_features(backbone, spec, [s.image_path for s in samples], grid=model.feature_grid,
+                             batch_size=batch_size, device=device, progress=progress)
+    return FeatureSet(samples, feats)
+
+
+def union_box_fraction(sample: ImageSample, boxes: tuple) -> list[float]:
+    """Union (enclosing) box of ``boxes`` as fractions of the image size, xyxy."""
+    x0 = min(b[0] for b in boxes) / sample.width
+    y0 = min(b[1] for b in boxes) / sample.height
+    x1 = max(b[2] for b in boxes) / sample.width
+    y1 = max(b[3] for b in boxes) / sample.height
+    return [x0, y0, x1, y1]
+
+
+def training_items(samples: list[ImageSample], supervision: str) -> list[tuple[int, int, int]]:
+    """(image, caption, phrase) index triples: one per caption for weak supervision
+    (phrase = -1), one per visual phrase with boxes for full supervision."""
+    items = []
+    for i, s in enumerate(samples):
+        for c, cap in enumerate(s.captions):
+            if supervision == "weak":
+                items.append((i, c, -1))
+                continue
+            items.extend((i, c, p) for p, ph in enumerate(cap.phrases) if ph.boxes and not ph.is_notvisual)
+    return items
+
+
+def make_batch(fs: FeatureSet, items: list[tuple[int, int, int]], device: torch.device | str = "cpu") -> TrainBatch:
+    """Batch of items: captions (weak) or phrases with their union target box (full)."""
+    images = [i for i, _, _ in items]
+    tokens, boxes = [], []
+    for i, c, p in items:
+        cap = fs.samples[i].captions[c]
+        if p < 0:
+            tokens.append(tokenize(cap.text))
+        else:
+            ph = cap.phrases[p]
+            tokens.append(tokenize(ph.text))
+            boxes.append(union_box_fraction(fs.samples[i], ph.boxes))
+    return TrainBatch(
+        features=fs.select(images, device),
+        tokens=tokens,
+        boxes=torch.tensor(boxes, dtype=torch.float32, device=device) if boxes else None,
+        image_index=torch.tensor(images, device=device),
+    )

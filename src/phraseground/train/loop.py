@@ -1,0 +1,197 @@
+"""The training loop shared by every model: one CPU, one GPU, or several processes (torchrun/DDP).
+
+Run directory layout: ``config.yaml`` (resolved config + git SHA), ``log.jsonl`` (one JSON
+object per logged step / validation), ``last.pt`` and ``best.pt`` (atomic checkpoints).
+``resume=True`` continues from ``last.pt`` exactly: weights, optimizer, scheduler, epoch, step
+within the epoch (the epoch's shuffling is a function of (seed, epoch)) and RNG state.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from ..encoders.text import Vocab
+from ..models.registry import create_model
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ExperimentConfig
+from .data import FeatureSet, build_feature_set, load_split, make_batch, tokenize, training_items
+
+
+def _dist_info() -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and os.environ.get("PG_BACKEND") != "gloo" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def validation_score(model_supervision: str, report: dict) -> float:
+    """The number `best.pt` is chosen by: pointing accuracy (weak) or box accuracy (full)."""
+    value = report["box"]["accuracy"] if model_supervision == "full" else report["pointing"]["accuracy"]
+    return float(value) if value is not None else 0.0
+
+
+def _epoch_order(n_items: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return torch.randperm(n_items, generator=g)
+
+
+def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: bool = True,
+          train_set: FeatureSet | None = None, val_set: FeatureSet | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data``; write checkpoints and logs to ``out_dir``.
+
+    Args:
+        train_set, val_set: precomputed feature sets (the demo passes them to avoid recomputing).
+
+    Returns:
+        a summary: steps, epochs, train_seconds, the last and best validation reports.
+    """
+    from ..eval.grounding import evaluate_grounding
+
+    rank, world = _dist_info()
+    out_dir = Path(out_dir)
+    tc = cfg.train
+    device = torch.device(tc.device)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(out_dir / "last.pt", cfg.model) if resume else None
+    if ckpt is not None:
+        saved = ckpt["config"]
+        if saved["model"] != cfg.model or saved["model_args"] != cfg.model_args:
+            from ..errors import CheckpointError
+
+            raise CheckpointError(f"{out_dir / 'last.pt'}: its model config differs from the one given; resume with the same config")
+
+    train_samples = train_set.samples if train_set is not None else load_split(cfg.data, cfg.data.train_split)
+    vocab = ckpt["vocab"] if ckpt is not None else Vocab.build(
+        (tokenize(c.text) for s in train_samples for c in s.captions), tc.vocab_min_count).itos
+    torch.manual_seed(tc.seed)
+    model = create_model(cfg.model, vocab=vocab, **cfg.model_args).to(device)
+    if train_set is None:
+        train_set = build_feature_set(model, train_samples, tc.feature_batch, tc.device, progress and rank == 0)
+    if val_set is None and rank == 0 and cfg.data.val_split:
+        val_samples = load_split(cfg.data, cfg.data.val_split)[: tc.val_max_images]
+        val_set = build_feature_set(model, val_samples, tc.feature_batch, tc.device, False)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=tc.lr_milestones, gamma=tc.lr_gamma)
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "train_seconds": 0.0}
+    if ckpt is not None:
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state.update(ckpt["progress"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    items = training_items(train_set.samples, model.supervision)
+    per_step = tc.batch_size * world
+    steps_per_epoch = len(items) // per_step
+    if steps_per_epoch == 0:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{len(items)} training items are fewer than one batch of {per_step}")
+    config_dict = cfg.to_dict()
+    log_path = out_dir / "log.jsonl"
+    if rank == 0:
+        text = yaml.safe_dump({**config_dict, "git_sha": _git_sha()}, sort_keys=False)
+        tmp = out_dir / ".config.yaml.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out_dir / "config.yaml")
+
+    def checkpoint(path: Path, extra: dict | None = None) -> None:
+        if rank != 0:
+            return
+        save_checkpoint({
+            "model": cfg.model, "config": config_dict, "vocab": vocab, "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "progress": dict(state),
+            "rng": {"torch": torch.get_rng_state()}, **(extra or {}),
+        }, path)
+
+    last_report: dict | None = None
+    best_report: dict | None = None
+    stopped = False
+    while state["epoch"] < tc.epochs and not stopped:
+        epoch = state["epoch"]
+        order = _epoch_order(len(items), tc.seed, epoch)
+        model.train()
+        t0 = time.time()
+        steps = range(state["step_in_epoch"], steps_per_epoch)
+        if progress and rank == 0:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step", total=steps_per_epoch,
+                         initial=state["step_in_epoch"])
+        for step in steps:
+            start = step * per_step + rank * tc.batch_size
+            batch = make_batch(train_set, [items[int(k)] for k in order[start : start + tc.batch_size]], device)
+            out = ddp_model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            optimizer.step()
+            state["step_in_epoch"] = step + 1
+            state["global_step"] += 1
+            if rank == 0 and (state["global_step"] % 20 == 0 or step + 1 == steps_per_epoch):
+                _append_jsonl(log_path, {"epoch": epoch, "step": state["global_step"], "lr": optimizer.param_groups[0]["lr"],
+                                         **{k: round(float(v), 5) for k, v in out.items()}})
+                if progress and hasattr(steps, "set_postfix"):
+                    steps.set_postfix(loss=f"{float(out['loss']):.3f}")
+            if tc.max_steps and state["global_step"] >= tc.max_steps:
+                stopped = True
+                break
+            if tc.checkpoint_every and state["global_step"] % tc.checkpoint_every == 0:
+                state["train_seconds"] += time.time() - t0
+                t0 = time.time()
+                checkpoint(out_dir / "last.pt")
+        state["train_seconds"] += time.time() - t0
+        if stopped and state["step_in_epoch"] < steps_per_epoch:
+            checkpoint(out_dir / "last.pt")
+            break
+        state["epoch"] = epoch + 1
+        state["step_in_epoch"] = 0
+        scheduler.step()
+        if rank == 0 and val_set is not None:
+            last_report = evaluate_grounding(model, val_set, tc.val_protocol, boxes=model.supervision == "full")
+            score = validation_score(model.supervision, last_report)
+            _append_jsonl(log_path, {"epoch": epoch, "step": state["global_step"], "val_score": score,
+                                     "val_pointing": last_report["pointing"]["accuracy"]})
+            if progress:
+                print(f"epoch {epoch + 1}: validation score {score:.4f}", flush=True)
+            if score > state["best_score"]:
+                state["best_score"] = score
+                best_report = last_report
+                checkpoint(out_dir / "best.pt", {"val_report": last_report})
+        checkpoint(out_dir / "last.pt")
+        if world > 1:
+            dist.barrier()
+    if rank == 0 and val_set is None and not stopped:
+        checkpoint(out_dir / "best.pt")
+    return {"steps": state["global_step"], "epochs": state["epoch"], "train_seconds": state["train_seconds"],
+            "last_val": last_report, "best_val": best_report, "best_score": state["best_score"],
+            "model": model, "vocab": vocab}
