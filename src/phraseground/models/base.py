@@ -56,6 +56,10 @@ class GroundingModel(nn.Module):
     #: "weak" (image–caption pairs) or "full" (phrase + box)
     supervision: ClassVar[str] = "weak"
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for staged schedules (e.g. freezing parts or switching losses for the first
+        epochs); called by the training loop before every epoch, also after a resume."""
+
     def training_loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         """Return a dict of scalars that holds at least ``"loss"`` (what the optimizer minimises)."""
         raise NotImplementedError

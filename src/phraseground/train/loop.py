@@ -138,6 +138,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
     while state["epoch"] < tc.epochs and not stopped:
         epoch = state["epoch"]
         order = _epoch_order(len(items), tc.seed, epoch)
+        model.on_epoch_start(epoch)
         model.train()
         t0 = time.time()
         steps = range(state["step_in_epoch"], steps_per_epoch)
