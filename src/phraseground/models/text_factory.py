@@ -24,7 +24,26 @@ def create_text_encoder(kind: str, vocab: list[str] | None, dim: int, args: dict
 
         return TransformerTextEncoder(**args)
     if kind == "word_table":
-        from ..encoders.word_vectors import WordTableTextEncoder
-
-        return WordTableTextEncoder(**args)
+        return _word_table_encoder(vocab, args)
     raise ConfigError(f"unknown text encoder {kind!r}; known: {', '.join(TEXT_ENCODERS)}")
+
+
+_TABLE_READER_ARGS = ("vocab_file", "unk_token", "limit")
+_TABLE_ENCODER_ARGS = ("lstm", "lstm_hidden", "freeze")
+
+
+def _word_table_encoder(vocab: list[str] | None, args: dict[str, Any]) -> TextEncoder:
+    """``WordVectorEncoder`` over the table at ``args["path"]``, restricted to ``vocab`` when given.
+
+    Args keys: ``path`` (required), reader options ``vocab_file``, ``unk_token``, ``limit``,
+    encoder options ``lstm``, ``lstm_hidden``, ``freeze``.
+    """
+    from ..encoders.word_vectors import WordVectorEncoder, load_word_vectors
+
+    unknown = sorted(set(args) - {"path", *_TABLE_READER_ARGS, *_TABLE_ENCODER_ARGS})
+    if "path" not in args or unknown:
+        raise ConfigError(f"word_table text encoder: needs 'path' (a word2vec/GloVe/.npy table); "
+                          f"unknown option(s) {unknown}; known: {['path', *_TABLE_READER_ARGS, *_TABLE_ENCODER_ARGS]}")
+    words = [w for w in vocab if w not in ("<pad>", "<unk>")] if vocab is not None else None
+    table = load_word_vectors(args["path"], restrict_to=words, **{k: args[k] for k in _TABLE_READER_ARGS if k in args})
+    return WordVectorEncoder(table, **{k: args[k] for k in _TABLE_ENCODER_ARGS if k in args})
