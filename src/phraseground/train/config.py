@@ -14,7 +14,7 @@ from ..errors import ConfigError
 @dataclass
 class DataConfig:
     """Where the data is. ``format``: "flickr30k" (a Flickr30k Entities directory, real or
-    synthetic) or "index" (a file written by ``phraseground prepare``)."""
+    synthetic) or "index" (a folder of ``<split>.json.gz`` files written by ``phraseground prepare``)."""
 
     root: str = ""
     format: str = "flickr30k"

@@ -25,11 +25,13 @@ def load_split(data: DataConfig, split: str) -> list[ImageSample]:
     if data.format == "flickr30k":
         samples, _ = read_flickr30k(Path(data.root), split)
         return samples
-    if data.format == "index":
+    if data.format == "index":  # root holds <split>.json.gz / <split>.json written by `phraseground prepare`
         from ..data.index import read_index
 
-        samples, meta = read_index(Path(data.root))
-        return [s for s in samples if meta.get("splits", {}).get(s.image_id, split) == split]
+        for name in (f"{split}.json.gz", f"{split}.json"):
+            if (Path(data.root) / name).is_file():
+                return read_index(Path(data.root) / name)[0]
+        raise ConfigError(f"{data.root}: no index {split}.json.gz or {split}.json (write it with `phraseground prepare`)")
     raise ConfigError(f"unknown data format {data.format!r}; known: flickr30k, index")
 
 
@@ -96,3 +98,27 @@ def make_batch(fs: FeatureSet, items: list[tuple[int, int, int]], device: torch.
         boxes=torch.tensor(boxes, dtype=torch.float32, device=device) if boxes else None,
         image_index=torch.tensor(images, device=device),
     )
+
+
+def ensure_synthetic(data: DataConfig, where: Path, progress: bool = False) -> Path:
+    """Generate the embedded benchmark into ``where`` unless it is already there with the
+    same parameters (a ``synthetic.json`` marker, written last); return its root."""
+    import json
+    import os
+
+    from ..data.synthetic import generate_benchmark
+
+    where = Path(where)
+    params = {"images": data.synthetic_images, "seed": data.synthetic_seed, "size": data.synthetic_size}
+    marker = where / "synthetic.json"
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == params:
+                return where
+        except (OSError, ValueError):
+            pass
+    generate_benchmark(where, data.synthetic_images, data.synthetic_seed, data.synthetic_size, progress=progress)
+    tmp = where / ".synthetic.json.tmp"
+    tmp.write_text(json.dumps(params))
+    os.replace(tmp, marker)
+    return where

@@ -23,7 +23,7 @@ from ..encoders.text import Vocab
 from ..models.registry import create_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
-from .data import FeatureSet, build_feature_set, load_split, make_batch, tokenize, training_items
+from .data import FeatureSet, build_feature_set, ensure_synthetic, load_split, make_batch, tokenize, training_items
 
 
 def _dist_info() -> tuple[int, int]:
@@ -77,6 +77,12 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
     device = torch.device(tc.device)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.data.root and train_set is None:  # the embedded default: generate the synthetic benchmark
+        if rank == 0:
+            ensure_synthetic(cfg.data, out_dir / "synthetic", progress)
+        if world > 1:
+            dist.barrier()
+        cfg.data.root = str(out_dir / "synthetic")
     ckpt = load_checkpoint(out_dir / "last.pt", cfg.model) if resume else None
     if ckpt is not None:
         saved = ckpt["config"]

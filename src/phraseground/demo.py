@@ -1,0 +1,136 @@
+"""The end-to-end job on the embedded default: generate the synthetic benchmark, train a model,
+evaluate it on the test split beside the centre and random baselines, write a report and overlays."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+from .eval.baselines import evaluate_baseline
+from .eval.grounding import evaluate_grounding, ground_captions
+from .eval.metrics import point_from_argmax, resize_heatmap, union_box
+from .eval.boxes import heatmap_to_boxes
+from .features import load_image
+from .train.checkpoint import model_from_checkpoint
+from .train.config import ExperimentConfig, load_config
+from .train.data import build_feature_set, ensure_synthetic, load_split, tokenize
+from .train.loop import train
+from .viz import overlay, save_png
+
+
+def package_config(name: str) -> Path:
+    """Path of a config shipped with the package (``configs/<name>.yaml``)."""
+    path = Path(str(resources.files("phraseground") / "configs" / f"{name}.yaml"))
+    if not path.is_file():
+        raise ConfigError(f"no built-in config {name!r} ({path})")
+    return path
+
+
+def demo_config(model: str, images: int | None = None, epochs: int | None = None) -> ExperimentConfig:
+    """The model's synthetic default config, with optional size/epoch overrides."""
+    overrides = []
+    if images is not None:
+        overrides.append(f"data.synthetic_images={images}")
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    return load_config(package_config(f"{model}_synthetic"), overrides)
+
+
+def _overlays(model, fs, out: Path, n_images: int = 4) -> list[str]:
+    """Overlay PNGs of every phrase of the first caption of the first test images."""
+    written = []
+    pairs = [(i, 0) for i in range(min(n_images, len(fs.samples)))]
+    for (i, c), res in zip(pairs, ground_captions(model, fs, pairs, tokenize)):
+        s = fs.samples[i]
+        image = load_image(s.image_path)
+        for k, phrase in enumerate(s.captions[c].phrases):
+            hm = resize_heatmap(res.heatmaps[k].float(), s.width, s.height)
+            point = point_from_argmax(hm, s.width, s.height) if float(hm.max()) > 0 else None
+            if res.boxes is not None:
+                box = (res.boxes[k].float() * torch.tensor([s.width, s.height] * 2)).tolist()
+            else:
+                boxes, _ = heatmap_to_boxes(hm)
+                box = union_box(boxes).tolist() if len(boxes) else None
+            name = f"{s.image_id}_{k}_{'_'.join(phrase.text.split())}.png"
+            save_png(overlay(image.resize((s.width * 3, s.height * 3)),
+                             resize_heatmap(res.heatmaps[k].float(), s.width * 3, s.height * 3),
+                             point and (point[0] * 3, point[1] * 3), box and [v * 3 for v in box], phrase.text),
+                     out / name)
+            written.append(name)
+    return written
+
+
+def _report_md(r: dict[str, Any]) -> str:
+    lines = [
+        f"# phraseground demo: `{r['model']}` on the synthetic benchmark", "",
+        f"Test split: {r['n_images']} images, {r['n_phrases']} phrases evaluated "
+        f"(skipped: {', '.join(f'{k} {v}' for k, v in r['skipped'].items()) or 'none'}); protocol `{r['protocol']}`.", "",
+        "| | pointing accuracy |", "|---|---|",
+        f"| {r['model']} | **{r['pointing_accuracy']:.4f}** |",
+        f"| centre baseline | {r['baselines']['center']:.4f} |",
+        f"| random baseline (mean of {r['baselines']['random_repeats']}) | {r['baselines']['random']:.4f} |", "",
+        f"Box accuracy (IoU ≥ 0.5): {r['box_accuracy']:.4f}. Attention correctness: {r['attention_correctness']:.4f}.", "",
+        "Per phrase type (pointing): " + ", ".join(f"{t} {v['accuracy']:.3f}" for t, v in r["per_type"].items()), "",
+        f"Training: {r['train_seconds']:.0f} s; whole demo {r['total_seconds']:.0f} s; peak memory {r['peak_memory_mb']:.0f} MB.", "",
+        f"Overlays: `overlays/` ({len(r['overlays'])} files). Checkpoint: `{r['checkpoint']}`.",
+    ]
+    if "retrieval" in r:
+        lines += ["", "Retrieval (full test split): " + json.dumps(r["retrieval"])]
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs: int | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Generate, train, evaluate and report; returns the report (also written to ``out/report.json``)."""
+    t0 = time.time()
+    out = Path(out)
+    cfg = demo_config(model, images, epochs)
+    cfg.data.root = str(ensure_synthetic(cfg.data, out / "data", progress))
+    summary = train(cfg, out / "run", progress=progress)
+    best, _ = model_from_checkpoint(out / "run" / "best.pt", model)
+    test = load_split(cfg.data, "test")
+    fs = build_feature_set(best, test, cfg.train.feature_batch)
+    protocol = cfg.train.val_protocol
+    result = evaluate_grounding(best, fs, protocol, progress=progress)
+    center = evaluate_baseline(test, "center", protocol)
+    rand = evaluate_baseline(test, "random", protocol, repeats=10, seed=0)
+    pointing = result["pointing"]
+    report: dict[str, Any] = {
+        "model": model,
+        "protocol": protocol,
+        "pointing_accuracy": pointing["accuracy"],
+        "box_accuracy": result["box"]["accuracy"],
+        "attention_correctness": result["attention_correctness"]["attention_correctness"],
+        "baselines": {"center": center["accuracy"], "random": rand["accuracy"], "random_repeats": rand["repeats"]},
+        "n_images": len(test),
+        "n_phrases": pointing["n_evaluated"],
+        "hits": pointing["hits"],
+        "misses": pointing["misses"],
+        "skipped": pointing["skipped"],
+        "per_type": pointing["per_type"],
+        "train_seconds": summary["train_seconds"],
+        "epochs": summary["epochs"],
+        "checkpoint": str(out / "run" / "best.pt"),
+        "config": cfg.to_dict(),
+    }
+    if "pointing_box_centre" in result:
+        report["pointing_accuracy_box_centre"] = result["pointing_box_centre"]["accuracy"]
+    if hasattr(best, "retrieval_similarity"):
+        from .eval.retrieval_run import evaluate_retrieval
+
+        report["retrieval"] = evaluate_retrieval(best, fs, fold_size=len(test))
+    report["overlays"] = _overlays(best, fs, out / "overlays")
+    report["total_seconds"] = time.time() - t0
+    report["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for name, text in (("report.json", json.dumps(report, indent=2) + "\n"), ("report.md", _report_md(report))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+    return report
