@@ -21,7 +21,7 @@ def register_model(name: str, config_cls: type) -> Callable[[type[GroundingModel
     return wrap
 
 
-MODEL_MODULES = ("mlmcs",)
+MODEL_MODULES = ("mlmcs", "dsve")
 
 
 def _ensure_loaded() -> None:
