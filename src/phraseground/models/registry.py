@@ -21,7 +21,7 @@ def register_model(name: str, config_cls: type) -> Callable[[type[GroundingModel
     return wrap
 
 
-MODEL_MODULES = ("mlmcs", "dsve")
+MODEL_MODULES = ("mlmcs", "dsve", "attnreg")
 
 
 def _ensure_loaded() -> None:

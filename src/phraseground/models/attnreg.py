@@ -1,0 +1,291 @@
+"""Attention-based box regression (Endo et al., IJCAI 2017).
+
+Image: a frozen backbone's map(s) resized to M×M -> N = M² region features v_r.
+Text: word embeddings -> BiLSTM; v_l = tanh(W_f h_fwd + W_b h_bwd + b) (the text encoder's last
+layer is the linear merge of both directions, tanh is applied here); v_T = mean_l v_l.
+Image attention: per region, an MLP on (v_r, v_T) with tanh hidden layers and a ReLU scalar
+α_i (no softmax). Text attention: per word, an MLP on (v_l, α map), softmax over the words,
+v'_T = Σ_l α_l v_l. Region prediction: an MLP on (α map, v'_T) -> box.
+Loss: L_IoU + λ1 L_SE + λ2 L_S (see ``box_loss``).
+
+Deviations from the paper are options (the paper's setting in brackets): ``box_output``
+["relu"], ``iou_loss`` ["iou"], ``region_norm`` ["none"], ``lambda_se_warmup`` [0].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..encoders.vision import get_backbone_spec
+from ..errors import ConfigError
+from . import box_loss
+from .base import GroundingModel, GroundingResult, TrainBatch
+from .registry import register_model
+from .text_factory import create_text_encoder
+
+ATTENTION_MODES = ("image+text", "image", "none")
+BOX_OUTPUTS = ("relu", "sigmoid")
+REGION_NORMS = ("none", "l2")
+
+
+@dataclass
+class AttnRegConfig:
+    """Configuration of ``attnreg`` (defaults: the embedded synthetic setting; paper configs in configs/).
+
+    Attributes:
+        backbone, backbone_weights: frozen backbone name and weights ("pretrained", a path, "random").
+        taps: backbone taps used as region features, concatenated over channels (empty: the
+            backbone's deepest default level; paper: VGG16 conv5_3).
+        grid: M, the taps are resized to M×M regions (paper: 14).
+        region_norm: "none" (paper) or "l2" (each region feature L2-normalised over channels).
+        text_encoder, text_encoder_args: "learned" (random embeddings) or "word_table"
+            (pretrained vectors, ``text_encoder_args.path``); both end in a BiLSTM.
+        word_dim: learned word-embedding size (a word table brings its own; paper: 300).
+        lstm_hidden: BiLSTM hidden size per direction.
+        attention: "image+text" (paper), "image" (ablation −TA) or "none" (ablation −TA −IA:
+            the region MLP gets the flattened region features instead of the attention map).
+        image_attention_layers, image_attention_hidden: tanh hidden layers of the image attention MLP.
+        text_attention_layers, text_attention_hidden: the same for the text attention MLP.
+        region_layers, region_hidden: the same for the region prediction MLP.
+        dropout: dropout after every hidden layer of the three MLPs.
+        box_output: "relu" (paper: g = relu(·) = (x, y, w, h) in ``box_units``) or "sigmoid"
+            (centre and size as sigmoids of the image side: the box stays inside a bounded range
+            and never dies). Both start as a centred box of half the image side.
+        box_units: image side in the units the box is regressed in (the SE term and λ1 depend
+            on it; paper: 224, the input pixels).
+        iou_loss: "iou" (paper: 1 − IoU) or "giou" (1 − GIoU, non-zero gradient for disjoint boxes).
+        lambda_se, lambda_area: λ1 (squared error) and λ2 (area penalty); paper 1e-4, 1e-5.
+        area_penalty: use the λ2 term (ablation: off).
+        lambda_se_warmup, warmup_epochs: λ1 used instead of ``lambda_se`` during the first
+            ``warmup_epochs`` epochs (0: no warm-up, the paper).
+    """
+
+    backbone: str = "synthcnn"
+    backbone_weights: str = "pretrained"
+    taps: list[str] = field(default_factory=lambda: ["c4"])
+    grid: int = 16
+    region_norm: str = "none"
+    text_encoder: str = "learned"
+    text_encoder_args: dict = field(default_factory=dict)
+    word_dim: int = 128
+    lstm_hidden: int = 128
+    attention: str = "image+text"
+    image_attention_layers: int = 2
+    image_attention_hidden: int = 256
+    text_attention_layers: int = 1
+    text_attention_hidden: int = 128
+    region_layers: int = 2
+    region_hidden: int = 256
+    dropout: float = 0.0
+    box_output: str = "sigmoid"
+    box_units: float = 128.0
+    iou_loss: str = "giou"
+    lambda_se: float = 1e-4
+    lambda_area: float = 1e-5
+    area_penalty: bool = True
+    lambda_se_warmup: float = 0.0
+    warmup_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("attention", self.attention, ATTENTION_MODES),
+            ("box_output", self.box_output, BOX_OUTPUTS),
+            ("iou_loss", self.iou_loss, box_loss.IOU_LOSSES),
+            ("region_norm", self.region_norm, REGION_NORMS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"attnreg: {name} must be one of {allowed}, got {value!r}")
+        for name in ("grid", "image_attention_layers", "image_attention_hidden", "text_attention_layers",
+                     "text_attention_hidden", "region_layers", "region_hidden", "word_dim", "lstm_hidden"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"attnreg: {name} must be at least 1, got {getattr(self, name)!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"attnreg: dropout must lie in [0, 1), got {self.dropout!r}")
+        if self.box_units <= 0 or min(self.lambda_se, self.lambda_area, self.lambda_se_warmup) < 0:
+            raise ConfigError("attnreg: box_units must be positive and the λ weights non-negative")
+
+    def used_taps(self) -> list[str]:
+        """The taps the region features are made of."""
+        return list(self.taps) or [get_backbone_spec(self.backbone).default_levels[-1]]
+
+
+class FusionMLP(nn.Module):
+    """MLP on a pair of inputs: h = tanh(W_a a + W_b b + c), then ``layers − 1`` more tanh
+    layers, then a linear output; dropout after every hidden layer. ``a`` and ``b`` broadcast
+    against each other (e.g. a: (B, N, A) regions, b: (B, 1, Bd) one phrase per image)."""
+
+    def __init__(self, dim_a: int, dim_b: int, hidden: int, layers: int, out: int, dropout: float) -> None:
+        super().__init__()
+        self.in_a = nn.Linear(dim_a, hidden)
+        self.in_b = nn.Linear(dim_b, hidden, bias=False)
+        body: list[nn.Module] = [nn.Tanh(), nn.Dropout(dropout)]
+        for _ in range(layers - 1):
+            body += [nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(dropout)]
+        self.body = nn.Sequential(*body)
+        self.out = nn.Linear(hidden, out)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(self.in_a(a) + self.in_b(b)))
+
+
+@dataclass
+class AttnRegOutput:
+    """What one forward pass predicts for B (image, phrase) pairs.
+
+    Attributes:
+        boxes: (B, 4) xyxy boxes as fractions of the image size.
+        image_attention: (B, N) ReLU attention map over the regions, None without image attention.
+        word_attention: (B, T) softmax weights over the words, None without text attention.
+    """
+
+    boxes: torch.Tensor
+    image_attention: torch.Tensor | None
+    word_attention: torch.Tensor | None
+
+
+@register_model("attnreg", AttnRegConfig)
+class AttnReg(GroundingModel):
+    supervision = "full"
+
+    def __init__(self, cfg: AttnRegConfig, vocab: list[str] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        spec = get_backbone_spec(cfg.backbone)
+        self.taps = cfg.used_taps()
+        missing = [t for t in self.taps if t not in spec.channels]
+        if missing:
+            raise ConfigError(f"attnreg: backbone {cfg.backbone} has no tap(s) {missing}; known: {list(spec.channels)}")
+        channels = sum(spec.channels[t] for t in self.taps)
+        regions = cfg.grid * cfg.grid
+        self.text = create_text_encoder(cfg.text_encoder, vocab, cfg.word_dim,
+                                        {"lstm_hidden": cfg.lstm_hidden, **cfg.text_encoder_args})
+        e = self.text.word_dim
+        drop = cfg.dropout
+        self.image_attention = (
+            FusionMLP(channels, e, cfg.image_attention_hidden, cfg.image_attention_layers, 1, drop)
+            if cfg.attention != "none" else None
+        )
+        self.text_attention = (
+            FusionMLP(e, regions, cfg.text_attention_hidden, cfg.text_attention_layers, 1, drop)
+            if cfg.attention == "image+text" else None
+        )
+        image_input = regions if cfg.attention != "none" else regions * channels
+        self.region = FusionMLP(image_input, e, cfg.region_hidden, cfg.region_layers, 4, drop)
+        self._init_box_output()
+        self.lambda_se = cfg.lambda_se_warmup if cfg.warmup_epochs > 0 else cfg.lambda_se
+
+    def _init_box_output(self) -> None:
+        """Start from a centred box of half the image side (small weights, bias = that box)."""
+        out = self.region.out
+        with torch.no_grad():
+            out.weight.mul_(0.1)
+            if self.cfg.box_output == "relu":  # (x, y, w, h) in box units
+                out.bias.copy_(torch.tensor([0.25, 0.25, 0.5, 0.5]) * self.cfg.box_units)
+            else:  # sigmoid(cx, cy, w, h) = (0.5, 0.5, 0.5, 0.5)
+                out.bias.zero_()
+
+    @property
+    def feature_grid(self) -> int | None:
+        """Features are cached already resized to this grid."""
+        return self.cfg.grid
+
+    @property
+    def feature_taps(self) -> list[str]:
+        return self.taps
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.lambda_se = self.cfg.lambda_se_warmup if epoch < self.cfg.warmup_epochs else self.cfg.lambda_se
+
+    def encode_image(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{tap: (B, C, h, w)} -> region features (B, N, C_total)."""
+        m = self.cfg.grid
+        maps = []
+        for tap in self.taps:
+            f = features[tap].float()
+            if f.shape[-2:] != (m, m):
+                f = F.interpolate(f, size=(m, m), mode="bilinear", align_corners=False)
+            maps.append(f)
+        regions = torch.cat(maps, dim=1).flatten(2).transpose(1, 2)  # (B, N, C)
+        return F.normalize(regions, dim=-1) if self.cfg.region_norm == "l2" else regions
+
+    def encode_text(self, tokens: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Phrases -> word features v_l (B, T, E) and mask (B, T)."""
+        feats = self.text(tokens)
+        return torch.tanh(feats.words[:, -1]), feats.mask  # (B, T, E)
+
+    def predict(self, features: dict[str, torch.Tensor], tokens: list[list[str]]) -> AttnRegOutput:
+        """Box, image attention and word attention for B (image b, phrase b) pairs."""
+        regions = self.encode_image(features)  # (B, N, C)
+        words, mask = self.encode_text(tokens)
+        m = mask.unsqueeze(-1).float()  # (B, T, 1)
+        phrase = (words * m).sum(1) / m.sum(1).clamp_min(1)  # (B, E) v_T
+        alpha = word_alpha = None
+        if self.image_attention is None:
+            image_input = regions.flatten(1)  # (B, N·C)
+        else:
+            alpha = torch.relu(self.image_attention(regions, phrase.unsqueeze(1))).squeeze(-1)  # (B, N)
+            image_input = alpha
+            if self.text_attention is not None:
+                logits = self.text_attention(words, alpha.unsqueeze(1)).squeeze(-1)  # (B, T)
+                word_alpha = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)  # (B, T)
+                phrase = (word_alpha.unsqueeze(-1) * words).sum(1)  # (B, E) v'_T
+        raw = self.region(image_input, phrase)  # (B, 4)
+        return AttnRegOutput(self._to_boxes(raw), alpha, word_alpha)
+
+    def _to_boxes(self, raw: torch.Tensor) -> torch.Tensor:
+        """Region MLP output (B, 4) -> xyxy boxes as image fractions."""
+        if self.cfg.box_output == "relu":
+            xywh = torch.relu(raw) / self.cfg.box_units  # (B, 4) x, y, w, h
+            return torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=-1)
+        c, wh = torch.sigmoid(raw).split(2, dim=-1)  # (B, 2) centre, (B, 2) size
+        return torch.cat([c - wh / 2, c + wh / 2], dim=-1)
+
+    def training_loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        if batch.boxes is None:
+            raise ConfigError("attnreg is trained on phrase boxes (full supervision); the batch has none")
+        out = self.predict(batch.features, batch.tokens)
+        units = self.cfg.box_units
+        pred, target = out.boxes * units, batch.boxes * units  # (B, 4) in box units
+        l_iou = box_loss.iou_loss(pred, target, self.cfg.iou_loss).mean()
+        l_se = box_loss.squared_error(pred, target).mean()
+        loss = l_iou + self.lambda_se * l_se
+        scalars = {"iou": box_loss.paired_iou(pred, target).mean().detach(), "loss_iou": l_iou.detach(),
+                   "loss_se": l_se.detach()}
+        if out.image_attention is not None:
+            l_area = box_loss.area_penalty(batch.boxes, out.image_attention.sum(-1), self.cfg.grid).mean()
+            if self.cfg.area_penalty:
+                loss = loss + self.cfg.lambda_area * l_area
+            scalars["loss_area"] = l_area.detach()
+        return {"loss": loss, **scalars}
+
+    def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        return self.training_loss(batch)
+
+    def ground(
+        self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]]
+    ) -> list[GroundingResult]:
+        """Each phrase (the span's words alone) with its image; heatmap = the image attention map
+        (zeros in the "none" ablation), score = the attention mass, box = the regressed box."""
+        owner = [b for b, bspans in enumerate(spans) for _ in bspans]
+        phrases = [tokens[b][s:e] for b, bspans in enumerate(spans) for s, e in bspans]
+        results: list[GroundingResult] = []
+        if not phrases:
+            return [GroundingResult(torch.zeros(0, self.cfg.grid, self.cfg.grid), torch.zeros(0), torch.zeros(0, dtype=torch.long),
+                                    torch.zeros(0, 4)) for _ in spans]
+        idx = torch.tensor(owner, device=next(iter(features.values())).device)
+        out = self.predict({t: f.index_select(0, idx) for t, f in features.items()}, phrases)
+        m = self.cfg.grid
+        alpha = out.image_attention if out.image_attention is not None else out.boxes.new_zeros(len(phrases), m * m)
+        heat = alpha.view(-1, m, m)  # (P, M, M)
+        boxes = out.boxes.clamp(0, 1)
+        start = 0
+        for bspans in spans:
+            sl = slice(start, start + len(bspans))
+            extras = {"word_attention": out.word_attention[sl]} if out.word_attention is not None else {}
+            results.append(GroundingResult(heat[sl], alpha[sl].sum(-1), torch.full((len(bspans),), -1),
+                                           boxes[sl], extras))
+            start += len(bspans)
+        return results
