@@ -141,9 +141,9 @@ def test_ablation_switches():
     assert _model(level_ablation="last").levels == ["c4"]
     assert _model().levels == ["c2", "c3", "c4"]
     lin = _model(mapping="linear")
-    assert isinstance(lin.visual["c2"], torch.nn.Conv2d) and isinstance(lin.word_fc, torch.nn.Linear)
+    assert isinstance(lin.visual["c2"], torch.nn.Linear) and isinstance(lin.word_fc, torch.nn.Linear)
     nonlin = _model()
-    assert sum(isinstance(x, torch.nn.Conv2d) for x in nonlin.visual["c2"]) == 3
+    assert sum(isinstance(x, torch.nn.Linear) for x in nonlin.visual["c2"]) == 3
     assert sum(isinstance(x, torch.nn.LeakyReLU) for x in nonlin.visual["c2"]) == 3
     soft = _model(attention="softmax").eval()
     v = soft.encode_image(_features(1))

@@ -1,7 +1,8 @@
 """Multi-level multimodal common semantic space (Akbari et al., CVPR 2019).
 
 Visual path: L frozen-backbone taps, each bilinearly resized to M×M (done once, when features
-are cached), then 3 × (1×1 conv, D filters, LeakyReLU) and L2 normalisation -> V (B, L, N, D).
+are cached), then 3 × (1×1 conv, D filters, LeakyReLU) — written as Linear layers over the N
+regions — and L2 normalisation -> V (B, L, N, D).
 Text path: a learned mix of the text encoder's layers -> 2 FC layers -> words S (B, T, D);
 a learned mix of the sentence vectors -> 2 FC layers -> s̄ (B, D); both L2-normalised.
 Attention without softmax: H = max(0, <s_t, v_n>), attended a = Σ_n H v_n, R = cos(a, s_t),
@@ -82,11 +83,15 @@ class MLMCSConfig:
         return levels
 
 
-def _mlp(dims: list[int], slope: float, conv: bool) -> nn.Sequential:
-    """Layers dims[0] -> dims[1] -> ... each followed by LeakyReLU; 1×1 convs when ``conv``."""
+def _mlp(dims: list[int], slope: float) -> nn.Sequential:
+    """Linear layers dims[0] -> dims[1] -> ... each followed by LeakyReLU.
+
+    On (B, N, C) region features a Linear layer is the paper's 1×1 convolution (the same
+    weights and result; a matrix product is several times faster than a 1×1 conv on CPU).
+    """
     layers: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:]):
-        layers += [nn.Conv2d(a, b, 1) if conv else nn.Linear(a, b), nn.LeakyReLU(slope)]
+        layers += [nn.Linear(a, b), nn.LeakyReLU(slope)]
     return nn.Sequential(*layers)
 
 
@@ -127,8 +132,8 @@ class MLMCS(GroundingModel):
             raise ConfigError(f"mlmcs: backbone {cfg.backbone} has no level(s) {missing}; known: {list(spec.channels)}")
         linear = cfg.mapping == "linear"
         self.visual = nn.ModuleDict({
-            lv: nn.Conv2d(spec.channels[lv], cfg.dim, 1) if linear
-            else _mlp([spec.channels[lv], cfg.dim, cfg.dim, cfg.dim], cfg.leaky_slope, conv=True)
+            lv: nn.Linear(spec.channels[lv], cfg.dim) if linear
+            else _mlp([spec.channels[lv], cfg.dim, cfg.dim, cfg.dim], cfg.leaky_slope)
             for lv in self.levels
         })
         self.text = create_text_encoder(cfg.text_encoder, vocab, cfg.text_dim, cfg.text_encoder_args)
@@ -138,8 +143,8 @@ class MLMCS(GroundingModel):
         self.word_mix = nn.Parameter(torch.full((len(cfg.word_layers),), 1.0 / len(cfg.word_layers)))
         self.sentence_mix = nn.Parameter(torch.full((self.text.num_sentence_vectors,), 1.0 / self.text.num_sentence_vectors))
         e, s, d = self.text.word_dim, self.text.sentence_dim, cfg.dim
-        self.word_fc = nn.Linear(e, d) if linear else _mlp([e, d, d], cfg.leaky_slope, conv=False)
-        self.sentence_fc = nn.Linear(s, d) if linear else _mlp([s, d, d], cfg.leaky_slope, conv=False)
+        self.word_fc = nn.Linear(e, d) if linear else _mlp([e, d, d], cfg.leaky_slope)
+        self.sentence_fc = nn.Linear(s, d) if linear else _mlp([s, d, d], cfg.leaky_slope)
 
     @property
     def feature_grid(self) -> int | None:
@@ -157,7 +162,7 @@ class MLMCS(GroundingModel):
             f = features[lv].float()
             if f.shape[-1] != self.cfg.grid or f.shape[-2] != self.cfg.grid:
                 f = F.interpolate(f, size=(self.cfg.grid, self.cfg.grid), mode="bilinear", align_corners=False)
-            maps.append(self.visual[lv](f).flatten(2).transpose(1, 2))  # (B, N, D)
+            maps.append(self.visual[lv](f.flatten(2).transpose(1, 2)))  # (B, N, C) -> (B, N, D)
         return F.normalize(torch.stack(maps, dim=1), dim=-1)  # (B, L, N, D)
 
     def encode_text(self, tokens: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

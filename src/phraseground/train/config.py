@@ -43,6 +43,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between mid-epoch `last` checkpoints (0: epoch ends only)
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
     vocab_min_count: int = 1
+    caption_sampling: str = "all"  # weak supervision: every caption each epoch, or "one" per image
     feature_batch: int = 64
 
 

@@ -67,15 +67,25 @@ def union_box_fraction(sample: ImageSample, boxes: tuple) -> list[float]:
     return [x0, y0, x1, y1]
 
 
-def training_items(samples: list[ImageSample], supervision: str) -> list[tuple[int, int, int]]:
-    """(image, caption, phrase) index triples: one per caption for weak supervision
-    (phrase = -1), one per visual phrase with boxes for full supervision."""
+def training_items(samples: list[ImageSample], supervision: str, caption_sampling: str = "all",
+                   generator: torch.Generator | None = None) -> list[tuple[int, int, int]]:
+    """(image, caption, phrase) index triples of one epoch.
+
+    Weak supervision: one item per caption (phrase = -1), or with ``caption_sampling="one"``
+    one randomly drawn caption per image (drawn from ``generator``). Full supervision: one
+    item per visual phrase with boxes.
+    """
+    if caption_sampling not in ("all", "one"):
+        raise ConfigError(f"caption_sampling must be 'all' or 'one', got {caption_sampling!r}")
     items = []
     for i, s in enumerate(samples):
+        if supervision == "weak":
+            if caption_sampling == "one" and s.captions:
+                items.append((i, int(torch.randint(len(s.captions), (1,), generator=generator)), -1))
+            else:
+                items.extend((i, c, -1) for c in range(len(s.captions)))
+            continue
         for c, cap in enumerate(s.captions):
-            if supervision == "weak":
-                items.append((i, c, -1))
-                continue
             items.extend((i, c, p) for p, ph in enumerate(cap.phrases) if ph.boxes and not ph.is_notvisual)
     return items
 

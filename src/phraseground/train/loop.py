@@ -54,9 +54,12 @@ def validation_score(model_supervision: str, report: dict) -> float:
     return float(value) if value is not None else 0.0
 
 
-def _epoch_order(n_items: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    return torch.randperm(n_items, generator=g)
+def _epoch_items(samples, supervision: str, tc, epoch: int) -> list[tuple[int, int, int]]:
+    """The epoch's items in the epoch's order: a function of (seed, epoch) only, so a resumed
+    run sees exactly the batches it would have seen."""
+    g = torch.Generator().manual_seed(tc.seed * 100003 + epoch)
+    items = training_items(samples, supervision, tc.caption_sampling, g)
+    return [items[int(k)] for k in torch.randperm(len(items), generator=g)]
 
 
 def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: bool = True,
@@ -114,13 +117,12 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
         torch.set_rng_state(ckpt["rng"]["torch"])
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
-    items = training_items(train_set.samples, model.supervision)
     per_step = tc.batch_size * world
-    steps_per_epoch = len(items) // per_step
+    steps_per_epoch = len(_epoch_items(train_set.samples, model.supervision, tc, 0)) // per_step
     if steps_per_epoch == 0:
         from ..errors import ConfigError
 
-        raise ConfigError(f"{len(items)} training items are fewer than one batch of {per_step}")
+        raise ConfigError(f"the training split has fewer items than one batch of {per_step}")
     config_dict = cfg.to_dict()
     log_path = out_dir / "log.jsonl"
     if rank == 0:
@@ -143,7 +145,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
     stopped = False
     while state["epoch"] < tc.epochs and not stopped:
         epoch = state["epoch"]
-        order = _epoch_order(len(items), tc.seed, epoch)
+        items = _epoch_items(train_set.samples, model.supervision, tc, epoch)
         model.on_epoch_start(epoch)
         model.train()
         t0 = time.time()
@@ -155,7 +157,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
                          initial=state["step_in_epoch"])
         for step in steps:
             start = step * per_step + rank * tc.batch_size
-            batch = make_batch(train_set, [items[int(k)] for k in order[start : start + tc.batch_size]], device)
+            batch = make_batch(train_set, items[start : start + tc.batch_size], device)
             out = ddp_model(batch)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
