@@ -71,8 +71,8 @@ class SRULayer(nn.Module):
         skip = x if self.k == 3 else u[:, :, 3]
         c = x.new_zeros(b, hs)
         cells = []
-        for step in range(t):
-            c = f[:, step] * c + (1 - f[:, step]) * x_tilde[:, step]
+        for f_t, x_t in zip(f.unbind(1), x_tilde.unbind(1)):  # unbind: one backward op, not T zero-filled slices
+            c = f_t * c + (1 - f_t) * x_t
             cells.append(c)
         cs = torch.stack(cells, dim=1)  # (B, T, H)
         h = r * torch.tanh(cs) + (1 - r) * skip
