@@ -25,3 +25,14 @@ def tiny_overrides(root: Path, **extra: object) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_bench, tmp_path_factory) -> tuple[Path, dict]:
+    """A tiny mlmcs training run (2 epochs) shared by the tests that need a checkpoint."""
+    from phraseground.train.config import load_config
+    from phraseground.train.loop import train
+
+    out = tmp_path_factory.mktemp("run")
+    summary = train(load_config(None, tiny_overrides(tiny_bench)), out, progress=False)
+    return out, summary

@@ -29,10 +29,8 @@ def _same(a: dict, b: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tiny_bench, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref")
-    summary = train(load_config(None, tiny_overrides(tiny_bench)), out, progress=False)
-    return out, summary
+def reference_run(tiny_run):
+    return tiny_run
 
 
 def test_run_directory_contents(reference_run):

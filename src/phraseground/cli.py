@@ -157,7 +157,8 @@ def cmd_ground(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    report = run_demo(Path(args.out), model=args.model, images=args.images, epochs=args.epochs, progress=not args.quiet)
+    report = run_demo(Path(args.out), model=args.model, images=args.images, epochs=args.epochs,
+                      progress=not args.quiet, overrides=args.set)
     print(f"\n{report['model']} on the synthetic test split ({report['n_phrases']} phrases, {report['protocol']}): "
           f"pointing accuracy {report['pointing_accuracy']:.4f} (centre baseline {report['baselines']['center']:.4f}, "
           f"random {report['baselines']['random']:.4f}), box accuracy {report['box_accuracy']:.4f}; "
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="mlmcs")
     s.add_argument("--images", type=int, default=None, help="benchmark size (default: the model's demo config)")
     s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
     return p

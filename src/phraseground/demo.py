@@ -33,9 +33,10 @@ def package_config(name: str) -> Path:
     return path
 
 
-def demo_config(model: str, images: int | None = None, epochs: int | None = None) -> ExperimentConfig:
-    """The model's synthetic default config, with optional size/epoch overrides."""
-    overrides = []
+def demo_config(model: str, images: int | None = None, epochs: int | None = None,
+                overrides: list[str] | None = None) -> ExperimentConfig:
+    """The model's synthetic default config, with optional size/epoch/``key=value`` overrides."""
+    overrides = list(overrides or [])
     if images is not None:
         overrides.append(f"data.synthetic_images={images}")
     if epochs is not None:
@@ -87,11 +88,11 @@ def _report_md(r: dict[str, Any]) -> str:
 
 
 def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs: int | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, overrides: list[str] | None = None) -> dict[str, Any]:
     """Generate, train, evaluate and report; returns the report (also written to ``out/report.json``)."""
     t0 = time.time()
     out = Path(out)
-    cfg = demo_config(model, images, epochs)
+    cfg = demo_config(model, images, epochs, overrides)
     cfg.data.root = str(ensure_synthetic(cfg.data, out / "data", progress))
     summary = train(cfg, out / "run", progress=progress)
     best, _ = model_from_checkpoint(out / "run" / "best.pt", model)

@@ -27,7 +27,7 @@ COLOURS = {
     "red": (215, 35, 35), "green": (35, 165, 50), "blue": (40, 75, 215), "yellow": (235, 215, 35),
     "purple": (135, 45, 175), "orange": (245, 135, 25), "cyan": (35, 195, 205), "pink": (245, 125, 185),
 }
-SIZES = {"small": 0.075, "medium": 0.115, "large": 0.165}  # radius as a fraction of the image side
+SIZES = {"small": 0.14, "medium": 0.18, "large": 0.23}  # radius as a fraction of the image side
 TEXTURES = ("striped", "checkered", "speckled", "cloudy")
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.04, "test": 0.16}
 MAX_OVERLAP_IOU = 0.08
