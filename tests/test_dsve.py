@@ -17,7 +17,7 @@ from phraseground.errors import ConfigError, WeightsNotFoundError
 from phraseground.eval.retrieval import retrieval_metrics
 from phraseground.eval.retrieval_run import chance_recall, evaluate_retrieval, similarity_matrix
 from phraseground.models.base import GroundingModel, TrainBatch
-from phraseground.models.dsve import triplet_ranking_loss, weldon_pool
+from phraseground.models.dsve import above_mean, triplet_ranking_loss, weldon_pool
 from phraseground.models.registry import build_config, create_model
 from phraseground.train.data import FeatureSet
 
@@ -121,6 +121,13 @@ def test_localize_matches_naive_eq9(h, w):
             torch.testing.assert_close(maps[b, p], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_above_mean_hand_computed():
+    maps = torch.tensor([[[1.0, 4.0], [2.0, 6.0]], [[5.0, 5.0], [5.0, 5.0]]])  # means 3.25 and 5
+    expected = torch.tensor([[[0.0, 0.75 / 2.75], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    torch.testing.assert_close(above_mean(maps), expected)
+    torch.testing.assert_close(above_mean(maps - 7.0), expected)  # offsets do not matter
+
+
 def test_ground_uses_the_phrase_alone():
     model = small_model().eval()
     feats = c4(2, 4, 6)
@@ -134,9 +141,10 @@ def test_ground_uses_the_phrase_alone():
     assert [r.heatmaps.shape for r in results] == [(3, 4, 6), (1, 4, 6)]
     for res in results:
         assert ((res.heatmaps >= 0) & (res.heatmaps <= 1)).all()
-    for p in range(2):  # heatmap = Eq. 9 of the phrase's own embedding, scaled to [0, 1]
-        m = raw[0, p]
-        torch.testing.assert_close(results[0].heatmaps[p], (m - m.min()) / (m.max() - m.min()))
+    for p in range(2):  # heatmap = Eq. 9 of the phrase's own embedding, above its mean, scaled to max 1
+        above = (raw[0, p] - raw[0, p].mean()).clamp_min(0)
+        torch.testing.assert_close(results[0].heatmaps[p], above / above.max())
+        assert results[0].heatmaps[p].flatten().argmax() == raw[0, p].flatten().argmax()
         assert results[0].scores[p].item() == pytest.approx(float(v[p] @ x[0]), abs=1e-6)
     assert results[0].heatmaps[2].abs().sum() == 0 and results[0].scores[2] == 0  # empty span
     # "small red star" in image 1 is grounded from those words only, whatever the caption says

@@ -60,8 +60,8 @@ class DSVEConfig:
     backbone: str = "synthcnn"
     backbone_weights: str = "pretrained"
     tap: str = ""
-    maps: int = 512
-    dim: int = 512
+    maps: int = 256
+    dim: int = 256
     pool_k: int = 1
     proj_dropout: float = 0.0
     text_encoder: str = "learned"
@@ -72,7 +72,7 @@ class DSVEConfig:
     margin: float = 0.2
     warmup_epochs: int = 3
     frozen_adapt_epochs: int = 0
-    localize_k: int = 60
+    localize_k: int = 30
 
     def __post_init__(self) -> None:
         if self.text_encoder not in DSVE_TEXT_ENCODERS:
@@ -125,12 +125,15 @@ def triplet_ranking_loss(sim: torch.Tensor, margin: float, image_index: torch.Te
     return (cost_text.sum(dim=1) + cost_image.sum(dim=0)).mean()
 
 
-def _unit_range(maps: torch.Tensor) -> torch.Tensor:
-    """Shift and scale each (h, w) map of (P, h, w) to [0, 1] (argmax kept); constant maps -> 0."""
+def above_mean(maps: torch.Tensor) -> torch.Tensor:
+    """Non-negative version of signed (P, h, w) heatmaps: max(H - mean(H), 0) / its max.
+
+    The argmax (the pointing answer) is kept; a constant offset of a map, like the bias the
+    paper ignores, has no effect; a constant map becomes all zeros.
+    """
     flat = maps.flatten(1)  # (P, h*w)
-    low = flat.amin(dim=1, keepdim=True)
-    span = flat.amax(dim=1, keepdim=True) - low
-    return ((flat - low) / span.clamp_min(1e-12) * (span > 0)).view_as(maps)  # (P, h, w)
+    above = (flat - flat.mean(dim=1, keepdim=True)).clamp_min(0)
+    return (above / above.amax(dim=1, keepdim=True).clamp_min(1e-12)).view_as(maps)  # (P, h, w)
 
 
 @register_model("dsve", DSVEConfig)
@@ -222,8 +225,9 @@ class DSVE(GroundingModel):
     def ground(
         self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]]
     ) -> list[GroundingResult]:
-        """Each phrase is embedded from its own words; its heatmap (Eq. 9, scaled to [0, 1]) and
-        its cosine with the image come from that embedding. Empty spans get zero maps and scores."""
+        """Each phrase is embedded from its own words; its heatmap (Eq. 9 made non-negative by
+        ``above_mean``) and its cosine with the image come from that embedding. Empty spans get
+        zero maps and scores."""
         g = self.visual_maps(features)  # (B, D', h, w)
         x = self._embed_maps(g)  # (B, d)
         phrases = [tokens[b][s:e] for b, bspans in enumerate(spans) for s, e in bspans]
@@ -236,5 +240,5 @@ class DSVE(GroundingModel):
         results = []
         for b, vb in enumerate(per_image):
             n = counts[b]
-            results.append(GroundingResult(_unit_range(maps[b, :n]), vb @ x[b], torch.zeros(n, dtype=torch.long)))
+            results.append(GroundingResult(above_mean(maps[b, :n]), vb @ x[b], torch.zeros(n, dtype=torch.long)))
         return results
