@@ -138,6 +138,8 @@ def above_mean(maps: torch.Tensor) -> torch.Tensor:
 
 @register_model("dsve", DSVEConfig)
 class DSVE(GroundingModel):
+    """DSVE-Loc: joint image/text embedding (retrieval) with a heatmap for any text."""
+
     supervision = "weak"
 
     def __init__(self, cfg: DSVEConfig, vocab: list[str] | None = None) -> None:
@@ -162,6 +164,7 @@ class DSVE(GroundingModel):
 
     @property
     def feature_taps(self) -> list[str]:
+        """The one backbone tap the visual path reads."""
         return [self.tap]
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -195,11 +198,13 @@ class DSVE(GroundingModel):
 
     # ------------------------------------------------------------ training
     def training_loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        """Triplet ranking loss of the batch (hardest negatives or, during warm-up, all of them)."""
         sim = self.retrieval_similarity(batch.features, batch.tokens)  # (B, B)
         loss = triplet_ranking_loss(sim, self.cfg.margin, batch.image_index, self.hardest_negatives)
         return {"loss": loss, "positive_similarity": sim.diagonal().mean().detach()}
 
     def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        """Same as ``training_loss`` (DDP calls forward)."""
         return self.training_loss(batch)
 
     # ------------------------------------------------------------ localization
@@ -232,13 +237,8 @@ class DSVE(GroundingModel):
         x = self._embed_maps(g)  # (B, d)
         phrases = [tokens[b][s:e] for b, bspans in enumerate(spans) for s, e in bspans]
         v = self.embed_texts(phrases) if phrases else x.new_zeros(0, self.cfg.dim)  # (P_total, d)
-        v = v * torch.tensor([e > s for bspans in spans for s, e in bspans], device=v.device)[:, None]
-        counts = [len(bspans) for bspans in spans]
-        per_image = list(torch.split(v, counts))
-        padded = nn.utils.rnn.pad_sequence(per_image, batch_first=True) if phrases else v.new_zeros(len(spans), 0, self.cfg.dim)
-        maps = self._heatmaps(g, padded)  # (B, P_max, h, w)
-        results = []
-        for b, vb in enumerate(per_image):
-            n = counts[b]
-            results.append(GroundingResult(above_mean(maps[b, :n]), vb @ x[b], torch.zeros(n, dtype=torch.long)))
-        return results
+        non_empty = torch.tensor([e > s for bspans in spans for s, e in bspans], dtype=torch.bool, device=v.device)
+        per_image = torch.split(v * non_empty[:, None], [len(bspans) for bspans in spans])  # B × (P_b, d)
+        maps = self._heatmaps(g, nn.utils.rnn.pad_sequence(list(per_image), batch_first=True))  # (B, P_max, h, w)
+        return [GroundingResult(above_mean(maps[b, : len(vb)]), vb @ x[b], torch.zeros(len(vb), dtype=torch.long))
+                for b, vb in enumerate(per_image)]
