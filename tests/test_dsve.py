@@ -333,6 +333,7 @@ def test_chance_recall_matches_enumerating_every_ranking():
 def test_train_two_epochs_with_the_shared_loop(tiny_bench, tmp_path):
     from phraseground.train.checkpoint import model_from_checkpoint
     from phraseground.train.config import load_config
+    from phraseground.train.data import load_split, training_items
     from phraseground.train.loop import train
 
     cfg = load_config(CONFIGS / "dsve_synthetic.yaml", [
@@ -341,7 +342,8 @@ def test_train_two_epochs_with_the_shared_loop(tiny_bench, tmp_path):
         "train.lr_milestones=[1]", "train.val_max_images=1", "train.checkpoint_every=0",
     ])
     summary = train(cfg, tmp_path / "run", progress=False)
-    assert summary["epochs"] == 2 and summary["steps"] == 2 * (100 // 8)
+    n_items = len(training_items(load_split(cfg.data, "train"), "weak"))  # one per caption
+    assert summary["epochs"] == 2 and summary["steps"] == 2 * (n_items // 8)
     model = summary["model"]
     assert model.hardest_negatives  # epoch 1 switched to hardest negatives
     assert summary["last_val"]["pointing"]["n_evaluated"] > 0
