@@ -103,9 +103,10 @@ def test_training_loss_is_sum_of_word_and_sentence_losses():
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("norm", ["none", "sum"])
 @torch.no_grad()
-def test_ground_phrase_heatmap_is_score_weighted_word_average():
-    m = _model().eval()
+def test_ground_phrase_heatmap_is_score_weighted_word_average(norm):
+    m = _model(word_heatmap_norm=norm).eval()
     feats = _features(1)
     tokens = [["a", "red", "star", "left", "of", "the", "blue", "square"]]
     (res,) = m.ground(feats, tokens, [[(0, 3), (5, 8)]])
@@ -118,7 +119,8 @@ def test_ground_phrase_heatmap_is_score_weighted_word_average():
         for t in range(s, e):
             lv = int(R[0, :, t].argmax())
             w = max(float(R[0, lv, t]), 0.0)
-            num += w * H[0, lv, t]
+            word_map = H[0, lv, t] / float(H[0, lv, t].sum()) if norm == "sum" else H[0, lv, t]
+            num += w * word_map
             den += w
         ref = num / den if den > 0 else num
         assert torch.allclose(res.heatmaps[k].flatten(), ref, atol=1e-5)

@@ -44,6 +44,10 @@ class MLMCSConfig:
         gamma1, gamma2: word pooling and batch-softmax temperatures.
         grounding: "words" (phrase heatmap from its words in the full sentence, Flickr30k) or
             "sentence" (the query's sentence heatmap, ReferIt/Visual Genome).
+        word_heatmap_norm: how each word's heatmap enters the R_t-weighted average of a phrase:
+            "none" (the raw ReLU attention map) or "sum" (each map divided by its sum, so a
+            word with a broad, strong response does not outweigh the others; not specified by
+            the paper — measured in README "Measured notes").
     """
 
     backbone: str = "synthcnn"
@@ -62,6 +66,7 @@ class MLMCSConfig:
     gamma1: float = 5.0
     gamma2: float = 10.0
     grounding: str = "words"
+    word_heatmap_norm: str = "none"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -69,6 +74,7 @@ class MLMCSConfig:
             ("mapping", self.mapping, ("nonlinear", "linear")),
             ("attention", self.attention, ("relu", "softmax")),
             ("grounding", self.grounding, ("words", "sentence")),
+            ("word_heatmap_norm", self.word_heatmap_norm, ("none", "sum")),
         ):
             if value not in allowed:
                 raise ConfigError(f"mlmcs: {name} must be one of {allowed}, got {value!r}")
@@ -218,6 +224,8 @@ class MLMCS(GroundingModel):
                 w = r_t[b, start:end].clamp_min(0)  # (n_words,)
                 lv = level_t[b, start:end]
                 word_maps = heat[b, lv, torch.arange(start, end, device=heat.device)]  # (n_words, N)
+                if self.cfg.word_heatmap_norm == "sum":
+                    word_maps = word_maps / word_maps.sum(-1, keepdim=True).clamp_min(EPS)
                 total = w.sum()
                 hm = (w[:, None] * word_maps).sum(0) / total if total > 0 else torch.zeros_like(word_maps[0])
                 maps.append(hm.view(m, m))  # (M, M)
