@@ -15,14 +15,17 @@ def create_text_encoder(kind: str, vocab: list[str] | None, dim: int, args: dict
         if vocab is None:
             raise ConfigError("the learned text encoder needs a vocabulary (built from the training captions)")
         return LearnedTextEncoder(Vocab(vocab[2:] if vocab[:2] == ["<pad>", "<unk>"] else vocab), dim=dim, **args)
-    if kind == "elmo":
-        from ..encoders.elmo import ElmoTextEncoder
+    if kind == "elmo":  # args: options_file + weight_file, or name (+ cache_dir, download)
+        from ..encoders.elmo import ElmoEncoder
 
-        return ElmoTextEncoder(**args)
-    if kind == "transformer":
+        args = dict(args)
+        if "options_file" in args or "weight_file" in args:
+            return ElmoEncoder.from_files(args.pop("options_file", ""), args.pop("weight_file", ""), **args)
+        return ElmoEncoder.from_pretrained(**args)
+    if kind == "transformer":  # args: name_or_path (a local model directory or a cached hub name), pooling, freeze
         from ..encoders.transformer_text import TransformerTextEncoder
 
-        return TransformerTextEncoder(**args)
+        return TransformerTextEncoder.from_pretrained(**args)
     if kind == "word_table":
         return _word_table_encoder(vocab, args)
     raise ConfigError(f"unknown text encoder {kind!r}; known: {', '.join(TEXT_ENCODERS)}")

@@ -99,16 +99,34 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge: ``top`` wins; mappings merge key by key."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config; a ``base: other.yaml`` key (relative to the file) is merged under it."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: circular 'base' chain")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config must be a mapping")
+    base = values.pop("base", None)
+    if base:
+        values = _merge(read_yaml_config(path.parent / base, _seen + (path.resolve(),)), values)
+    return values
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML config (or start from the defaults) and apply overrides."""
-    values: dict[str, Any] = {}
-    if path:
-        try:
-            values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({e})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: a config must be a mapping")
+    values = read_yaml_config(path) if path else {}
     return config_from_dict(apply_overrides(values, overrides or []))
