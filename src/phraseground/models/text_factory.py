@@ -48,5 +48,7 @@ def _word_table_encoder(vocab: list[str] | None, args: dict[str, Any]) -> TextEn
         raise ConfigError(f"word_table text encoder: needs 'path' (a word2vec/GloVe/.npy table); "
                           f"unknown option(s) {unknown}; known: {['path', *_TABLE_READER_ARGS, *_TABLE_ENCODER_ARGS]}")
     words = [w for w in vocab if w not in ("<pad>", "<unk>")] if vocab is not None else None
+    if words is not None and args.get("unk_token"):
+        words.append(args["unk_token"])  # keep the table's unknown-word row when restricting it
     table = load_word_vectors(args["path"], restrict_to=words, **{k: args[k] for k in _TABLE_READER_ARGS if k in args})
     return WordVectorEncoder(table, **{k: args[k] for k in _TABLE_ENCODER_ARGS if k in args})
