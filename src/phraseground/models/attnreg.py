@@ -9,7 +9,7 @@ v'_T = Σ_l α_l v_l. Region prediction: an MLP on (α map, v'_T) -> box.
 Loss: L_IoU + λ1 L_SE + λ2 L_S (see ``box_loss``).
 
 Deviations from the paper are options (the paper's setting in brackets): ``box_output``
-["relu"], ``iou_loss`` ["iou"], ``region_norm`` ["none"], ``lambda_se_warmup`` [0].
+["relu"], ``iou_loss`` ["iou"], ``attention_init`` [not stated], ``lambda_se_warmup`` [0].
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from .text_factory import create_text_encoder
 
 ATTENTION_MODES = ("image+text", "image", "none")
 BOX_OUTPUTS = ("relu", "sigmoid")
-REGION_NORMS = ("none", "l2")
 
 
 @dataclass
@@ -40,7 +39,6 @@ class AttnRegConfig:
         taps: backbone taps used as region features, concatenated over channels (empty: the
             backbone's deepest default level; paper: VGG16 conv5_3).
         grid: M, the taps are resized to M×M regions (paper: 14).
-        region_norm: "none" (paper) or "l2" (each region feature L2-normalised over channels).
         text_encoder, text_encoder_args: "learned" (random embeddings) or "word_table"
             (pretrained vectors, ``text_encoder_args.path``); both end in a BiLSTM.
         word_dim: learned word-embedding size (a word table brings its own; paper: 300).
@@ -50,6 +48,12 @@ class AttnRegConfig:
         image_attention_layers, image_attention_hidden: tanh hidden layers of the image attention MLP.
         text_attention_layers, text_attention_hidden: the same for the text attention MLP.
         region_layers, region_hidden: the same for the region prediction MLP.
+        attention_init: 0: PyTorch's default initialisation of the image attention output
+            (the paper does not say); > 0: that output starts at about this value in every region
+            (weights ×0.1, bias = the value), so the map starts alive with a mass of about
+            value · N. With the default init the map starts with a mass far above S_box and,
+            under Adam, the area penalty drove every α to 0 within ~50 steps (then ReLU is dead
+            for good) on the synthetic scenes.
         dropout: dropout after every hidden layer of the three MLPs.
         box_output: "relu" (paper: g = relu(·) = (x, y, w, h) in ``box_units``) or "sigmoid"
             (centre and size as sigmoids of the image side: the box stays inside a bounded range
@@ -67,12 +71,12 @@ class AttnRegConfig:
     backbone_weights: str = "pretrained"
     taps: list[str] = field(default_factory=lambda: ["c4"])
     grid: int = 16
-    region_norm: str = "none"
     text_encoder: str = "learned"
     text_encoder_args: dict = field(default_factory=dict)
     word_dim: int = 128
     lstm_hidden: int = 128
     attention: str = "image+text"
+    attention_init: float = 0.0
     image_attention_layers: int = 2
     image_attention_hidden: int = 256
     text_attention_layers: int = 1
@@ -94,7 +98,6 @@ class AttnRegConfig:
             ("attention", self.attention, ATTENTION_MODES),
             ("box_output", self.box_output, BOX_OUTPUTS),
             ("iou_loss", self.iou_loss, box_loss.IOU_LOSSES),
-            ("region_norm", self.region_norm, REGION_NORMS),
         ):
             if value not in allowed:
                 raise ConfigError(f"attnreg: {name} must be one of {allowed}, got {value!r}")
@@ -104,8 +107,8 @@ class AttnRegConfig:
                 raise ConfigError(f"attnreg: {name} must be at least 1, got {getattr(self, name)!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"attnreg: dropout must lie in [0, 1), got {self.dropout!r}")
-        if self.box_units <= 0 or min(self.lambda_se, self.lambda_area, self.lambda_se_warmup) < 0:
-            raise ConfigError("attnreg: box_units must be positive and the λ weights non-negative")
+        if self.box_units <= 0 or min(self.lambda_se, self.lambda_area, self.lambda_se_warmup, self.attention_init) < 0:
+            raise ConfigError("attnreg: box_units must be positive; the λ weights and attention_init non-negative")
 
     def used_taps(self) -> list[str]:
         """The taps the region features are made of."""
@@ -175,6 +178,10 @@ class AttnReg(GroundingModel):
         image_input = regions if cfg.attention != "none" else regions * channels
         self.region = FusionMLP(image_input, e, cfg.region_hidden, cfg.region_layers, 4, drop)
         self._init_box_output()
+        if self.image_attention is not None and cfg.attention_init > 0:
+            with torch.no_grad():
+                self.image_attention.out.weight.mul_(0.1)
+                self.image_attention.out.bias.fill_(cfg.attention_init)
         self.lambda_se = cfg.lambda_se_warmup if cfg.warmup_epochs > 0 else cfg.lambda_se
 
     def _init_box_output(self) -> None:
@@ -208,8 +215,7 @@ class AttnReg(GroundingModel):
             if f.shape[-2:] != (m, m):
                 f = F.interpolate(f, size=(m, m), mode="bilinear", align_corners=False)
             maps.append(f)
-        regions = torch.cat(maps, dim=1).flatten(2).transpose(1, 2)  # (B, N, C)
-        return F.normalize(regions, dim=-1) if self.cfg.region_norm == "l2" else regions
+        return torch.cat(maps, dim=1).flatten(2).transpose(1, 2)  # (B, N, C)
 
     def encode_text(self, tokens: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Phrases -> word features v_l (B, T, E) and mask (B, T)."""
