@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 def overlay(image: Image.Image, heatmap: torch.Tensor, point: tuple[float, float] | None = None,
             box: tuple[float, float, float, float] | None = None, label: str | None = None,
             alpha: float = 0.5) -> Image.Image:
-    """Blend a non-negative heatmap (already at the image's size, (H, W)) on the image.
+    """Blend a non-negative heatmap (already at the image's size, (H, W)) on the image, with an
+    opacity growing with the heat (``alpha`` at the peak).
 
     The point is marked with a white-ringed dot, the box (pixel xyxy) drawn in white, the label
     written on a dark strip at the top.
@@ -25,7 +26,8 @@ def overlay(image: Image.Image, heatmap: torch.Tensor, point: tuple[float, float
     norm = hm / peak if peak > 0 else hm
     colour = (colormaps["jet"](norm)[..., :3] * 255).astype(np.float32)  # (H, W, 3)
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    out = Image.fromarray((base * (1 - alpha) + colour * alpha).astype(np.uint8))
+    a = (alpha * np.sqrt(norm))[..., None]  # (H, W, 1): cold regions keep the image visible
+    out = Image.fromarray((base * (1 - a) + colour * a).astype(np.uint8))
     draw = ImageDraw.Draw(out)
     r = max(3, min(image.size) // 40)
     if box is not None:
