@@ -123,3 +123,29 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert report["n_phrases"] == report["hits"] + report["misses"] > 0
     assert (tmp_path / "d" / "report.md").is_file() and report["overlays"]
     assert all((tmp_path / "d" / "overlays" / name).is_file() for name in report["overlays"])
+
+
+def test_prepare_reports_problems_and_writes_an_index(tmp_path, capsys):
+    import shutil
+
+    from phraseground.data.index import read_index
+
+    data = tmp_path / "s"
+    assert _run(capsys, "synth", str(data), "--images", "30", "--seed", "2", "--quiet")[0] == 0
+    assert (data / "test.txt").read_text().split() == ["000026", "000027", "000028", "000029", "000030"]
+    (data / "images" / "000027.jpg").unlink()  # a missing image is counted, not fatal
+    code, out, err = _run(capsys, "prepare", "flickr30k", "--root", str(data), "--split", "test",
+                          "--out", str(tmp_path / "idx" / "test.json.gz"))
+    assert code == 0, err
+    assert "missing" in out and str(tmp_path / "idx" / "test.json.gz") in out
+    samples, _ = read_index(tmp_path / "idx" / "test.json.gz")
+    assert [s.image_id for s in samples] == ["000026", "000028", "000029", "000030"]
+    # training/evaluation read the index folder with --format index
+    code, out, err = _run(capsys, "evaluate", "--data", str(tmp_path / "idx"), "--format", "index", "--split", "test",
+                          "--baseline", "center")
+    assert code == 0, err
+    shutil.rmtree(data / "images")
+    (data / "images").mkdir()
+    code, out, err = _run(capsys, "prepare", "flickr30k", "--root", str(data), "--split", "test",
+                          "--out", str(tmp_path / "bad.json"))
+    assert code == 2 and err.startswith("phraseground: error:") and not (tmp_path / "bad.json").exists()

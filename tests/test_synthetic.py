@@ -42,6 +42,8 @@ def test_splits_partition_the_images(bench):
     ids = {s: (root / f"{s}.txt").read_text().split() for s in counts}
     assert sum(len(v) for v in ids.values()) == len(set().union(*ids.values())) == 60
     assert [split_of(i, 60) for i in (0, 47, 48, 49, 50, 59)] == ["train", "train", "val", "val", "test", "test"]
+    assert [split_of(i, 3) for i in range(3)] == ["train", "val", "test"]  # every split gets an image
+    assert [split_of(i, 12) for i in (9, 10, 11)] == ["train", "val", "test"]
 
 
 def test_format_reads_back_with_the_flickr30k_reader(bench):

@@ -238,9 +238,10 @@ def generate_image(out: Path, index: int, seed: int, size: int) -> str:
 
 
 def split_of(index: int, n_images: int) -> str:
-    """Deterministic split by position: the first 80 % train, then 4 % val, the rest test."""
-    n_train = int(round(n_images * SPLIT_FRACTIONS["train"]))
-    n_val = int(round(n_images * SPLIT_FRACTIONS["val"]))
+    """Deterministic split by position: the first 80 % train, then 4 % val, the rest test
+    (at least one image in each split)."""
+    n_val = max(1, int(round(n_images * SPLIT_FRACTIONS["val"])))
+    n_train = min(int(round(n_images * SPLIT_FRACTIONS["train"])), n_images - n_val - 1)
     return "train" if index < n_train else "val" if index < n_train + n_val else "test"
 
 
