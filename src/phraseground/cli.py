@@ -100,7 +100,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if args.task in ("retrieval", "all"):
             from .eval.retrieval_run import evaluate_retrieval
 
-            result["retrieval"] = evaluate_retrieval(model, fs, fold_size=args.fold_size)
+            n = len(fs.samples)
+            folds = args.fold_size if args.fold_size and n % args.fold_size == 0 else None
+            if folds is None and args.fold_size:
+                print(f"note: {n} images do not split into folds of {args.fold_size}; "
+                      f"fold-averaged retrieval not computed (use --fold-size D with D dividing {n})", file=sys.stderr)
+            result["retrieval"] = evaluate_retrieval(model, fs, fold_size=folds)
+            result["retrieval"]["fold_size"] = folds
     if args.json:
         _write_json(Path(args.json), result)
     _print_eval(result)
