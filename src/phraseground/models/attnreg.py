@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import box_convert
 
 from ..encoders.vision import get_backbone_spec
 from ..errors import ConfigError
@@ -177,22 +178,22 @@ class AttnReg(GroundingModel):
         )
         image_input = regions if cfg.attention != "none" else regions * channels
         self.region = FusionMLP(image_input, e, cfg.region_hidden, cfg.region_layers, 4, drop)
-        self._init_box_output()
-        if self.image_attention is not None and cfg.attention_init > 0:
-            with torch.no_grad():
-                self.image_attention.out.weight.mul_(0.1)
-                self.image_attention.out.bias.fill_(cfg.attention_init)
+        self._init_outputs()
         self.lambda_se = cfg.lambda_se_warmup if cfg.warmup_epochs > 0 else cfg.lambda_se
 
-    def _init_box_output(self) -> None:
-        """Start from a centred box of half the image side (small weights, bias = that box)."""
+    @torch.no_grad()
+    def _init_outputs(self) -> None:
+        """The box starts as a centred box of half the image side (small weights, bias = that
+        box); with ``attention_init``, the attention map starts near that constant."""
         out = self.region.out
-        with torch.no_grad():
-            out.weight.mul_(0.1)
-            if self.cfg.box_output == "relu":  # (x, y, w, h) in box units
-                out.bias.copy_(torch.tensor([0.25, 0.25, 0.5, 0.5]) * self.cfg.box_units)
-            else:  # sigmoid(cx, cy, w, h) = (0.5, 0.5, 0.5, 0.5)
-                out.bias.zero_()
+        out.weight.mul_(0.1)
+        if self.cfg.box_output == "relu":  # (x, y, w, h) in box units
+            out.bias.copy_(torch.tensor([0.25, 0.25, 0.5, 0.5]) * self.cfg.box_units)
+        else:  # sigmoid(cx, cy, w, h) = (0.5, 0.5, 0.5, 0.5)
+            out.bias.zero_()
+        if self.image_attention is not None and self.cfg.attention_init > 0:
+            self.image_attention.out.weight.mul_(0.1)
+            self.image_attention.out.bias.fill_(self.cfg.attention_init)
 
     @property
     def feature_grid(self) -> int | None:
@@ -244,10 +245,8 @@ class AttnReg(GroundingModel):
     def _to_boxes(self, raw: torch.Tensor) -> torch.Tensor:
         """Region MLP output (B, 4) -> xyxy boxes as image fractions."""
         if self.cfg.box_output == "relu":
-            xywh = torch.relu(raw) / self.cfg.box_units  # (B, 4) x, y, w, h
-            return torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=-1)
-        c, wh = torch.sigmoid(raw).split(2, dim=-1)  # (B, 2) centre, (B, 2) size
-        return torch.cat([c - wh / 2, c + wh / 2], dim=-1)
+            return box_convert(torch.relu(raw) / self.cfg.box_units, "xywh", "xyxy")
+        return box_convert(torch.sigmoid(raw), "cxcywh", "xyxy")
 
     def training_loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         if batch.boxes is None:
@@ -274,24 +273,20 @@ class AttnReg(GroundingModel):
         self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]]
     ) -> list[GroundingResult]:
         """Each phrase (the span's words alone) with its image; heatmap = the image attention map
-        (zeros in the "none" ablation), score = the attention mass, box = the regressed box."""
-        owner = [b for b, bspans in enumerate(spans) for _ in bspans]
-        phrases = [tokens[b][s:e] for b, bspans in enumerate(spans) for s, e in bspans]
-        results: list[GroundingResult] = []
-        if not phrases:
-            return [GroundingResult(torch.zeros(0, self.cfg.grid, self.cfg.grid), torch.zeros(0), torch.zeros(0, dtype=torch.long),
-                                    torch.zeros(0, 4)) for _ in spans]
-        idx = torch.tensor(owner, device=next(iter(features.values())).device)
-        out = self.predict({t: f.index_select(0, idx) for t, f in features.items()}, phrases)
+        (zeros in the "none" ablation), score = the attention mass Σα, box = the regressed box
+        (clipped to the image), ``extras["word_attention"]`` = the text attention (P, T)."""
         m = self.cfg.grid
+        counts = [len(bspans) for bspans in spans]
+        phrases = [tokens[b][s:e] for b, bspans in enumerate(spans) for s, e in bspans]
+        if not phrases:
+            empty = GroundingResult(torch.zeros(0, m, m), torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, 4))
+            return [empty for _ in spans]
+        owner = torch.tensor([b for b, n in enumerate(counts) for _ in range(n)], device=next(iter(features.values())).device)
+        out = self.predict({t: f.index_select(0, owner) for t, f in features.items()}, phrases)
         alpha = out.image_attention if out.image_attention is not None else out.boxes.new_zeros(len(phrases), m * m)
-        heat = alpha.view(-1, m, m)  # (P, M, M)
-        boxes = out.boxes.clamp(0, 1)
-        start = 0
-        for bspans in spans:
-            sl = slice(start, start + len(bspans))
-            extras = {"word_attention": out.word_attention[sl]} if out.word_attention is not None else {}
-            results.append(GroundingResult(heat[sl], alpha[sl].sum(-1), torch.full((len(bspans),), -1),
-                                           boxes[sl], extras))
-            start += len(bspans)
+        word_alpha = out.word_attention.split(counts) if out.word_attention is not None else [None] * len(spans)
+        results = []
+        for heat, box, words in zip(alpha.view(-1, m, m).split(counts), out.boxes.clamp(0, 1).split(counts), word_alpha):  # (P, M, M)
+            results.append(GroundingResult(heat, heat.sum((1, 2)), torch.full((len(heat),), -1), box,
+                                           {"word_attention": words} if words is not None else {}))
         return results
