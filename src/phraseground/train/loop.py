@@ -168,6 +168,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
             state["global_step"] += 1
             if rank == 0 and (state["global_step"] % 20 == 0 or step + 1 == steps_per_epoch):
                 _append_jsonl(log_path, {"epoch": epoch, "step": state["global_step"], "lr": optimizer.param_groups[0]["lr"],
+                                         "train_seconds": round(state["train_seconds"] + time.time() - t0, 2),
                                          **{k: round(float(v.detach()), 5) for k, v in out.items()}})
                 if progress and hasattr(steps, "set_postfix"):
                     steps.set_postfix(loss=f"{float(out['loss']):.3f}")
