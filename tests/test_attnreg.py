@@ -228,7 +228,7 @@ def test_lambda_se_warmup_follows_the_epoch():
 
 @pytest.mark.parametrize("bad", [
     {"attention": "text"}, {"box_output": "linear"}, {"iou_loss": "l1"}, {"lambda_se": -1.0},
-    {"dropout": 1.0}, {"grid": 0}, {"box_units": 0.0}, {"attention_init": -0.1},
+    {"dropout": 1.0}, {"grid": 0}, {"box_units": 0.0}, {"attention_init": -0.1}, {"text_encoder": "elmo"},
 ])
 def test_bad_config_values_are_config_errors(bad):
     with pytest.raises(ConfigError, match="attnreg"):

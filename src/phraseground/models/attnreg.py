@@ -29,6 +29,7 @@ from .text_factory import create_text_encoder
 
 ATTENTION_MODES = ("image+text", "image", "none")
 BOX_OUTPUTS = ("relu", "sigmoid")
+TEXT_ENCODERS = ("learned", "word_table")  # word vectors -> BiLSTM, as the paper
 
 
 @dataclass
@@ -77,7 +78,7 @@ class AttnRegConfig:
     word_dim: int = 128
     lstm_hidden: int = 128
     attention: str = "image+text"
-    attention_init: float = 0.0
+    attention_init: float = 0.05
     image_attention_layers: int = 2
     image_attention_hidden: int = 256
     text_attention_layers: int = 1
@@ -99,6 +100,7 @@ class AttnRegConfig:
             ("attention", self.attention, ATTENTION_MODES),
             ("box_output", self.box_output, BOX_OUTPUTS),
             ("iou_loss", self.iou_loss, box_loss.IOU_LOSSES),
+            ("text_encoder", self.text_encoder, TEXT_ENCODERS),
         ):
             if value not in allowed:
                 raise ConfigError(f"attnreg: {name} must be one of {allowed}, got {value!r}")
