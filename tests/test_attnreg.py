@@ -235,6 +235,14 @@ def test_bad_config_values_are_config_errors(bad):
         build_config("attnreg", bad)
 
 
+def test_numbers_written_as_strings_are_read_or_rejected():
+    cfg = build_config("attnreg", {"lambda_se": "1e-3", "grid": "8"})  # YAML 1.1 keeps "1e-3" a string
+    assert cfg.lambda_se == 1e-3 and cfg.grid == 8
+    for bad in ({"lambda_se": "small"}, {"grid": 2.5}):
+        with pytest.raises(ConfigError, match="attnreg: .* must be"):
+            build_config("attnreg", bad)
+
+
 def test_unknown_tap_is_a_config_error():
     with pytest.raises(ConfigError, match="no tap"):
         create_model("attnreg", vocab=VOCAB, taps=["conv5_3"])

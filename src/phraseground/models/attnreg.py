@@ -13,7 +13,7 @@ Deviations from the paper are options (the paper's setting in brackets): ``box_o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,16 @@ class AttnRegConfig:
     warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") and not isinstance(value, bool):
+                try:
+                    number = float(value) if f.type == "float" else int(value)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"attnreg: {f.name} must be a number, got {value!r}") from None
+                if f.type == "int" and number != float(value):
+                    raise ConfigError(f"attnreg: {f.name} must be an integer, got {value!r}")
+                setattr(self, f.name, number)
         for name, value, allowed in (
             ("attention", self.attention, ATTENTION_MODES),
             ("box_output", self.box_output, BOX_OUTPUTS),
