@@ -217,15 +217,6 @@ def test_initial_box_is_centred_and_attention_alive(box_output):
     assert (out.image_attention > 0).all() and (out.image_attention - 0.05).abs().max() < 0.05
 
 
-def test_lambda_se_warmup_follows_the_epoch():
-    model = _model(lambda_se=1e-4, lambda_se_warmup=0.5, warmup_epochs=2)
-    assert model.lambda_se == 0.5
-    model.on_epoch_start(1)
-    assert model.lambda_se == 0.5
-    model.on_epoch_start(2)
-    assert model.lambda_se == 1e-4
-
-
 @pytest.mark.parametrize("bad", [
     {"attention": "text"}, {"box_output": "linear"}, {"iou_loss": "l1"}, {"lambda_se": -1.0},
     {"dropout": 1.0}, {"grid": 0}, {"box_units": 0.0}, {"attention_init": -0.1}, {"text_encoder": "elmo"},

@@ -9,7 +9,11 @@ v'_T = Σ_l α_l v_l. Region prediction: an MLP on (α map, v'_T) -> box.
 Loss: L_IoU + λ1 L_SE + λ2 L_S (see ``box_loss``).
 
 Deviations from the paper are options (the paper's setting in brackets): ``box_output``
-["relu"], ``iou_loss`` ["iou"], ``attention_init`` [not stated], ``lambda_se_warmup`` [0].
+["relu"], ``iou_loss`` ["iou"], ``attention_init`` [not stated: PyTorch's default is 0].
+On the synthetic scenes the paper's setting did not train (accuracy@0.5 0.04): with the default
+init the area penalty switched the ReLU attention off for good, and ReLU (x, y, w, h) outputs
+with 1 − IoU stalled even with a live attention map and a 10–100× larger λ1 for the first epoch;
+either a sigmoid box or the GIoU loss alone was enough.
 """
 from __future__ import annotations
 
@@ -65,8 +69,6 @@ class AttnRegConfig:
         iou_loss: "iou" (paper: 1 − IoU) or "giou" (1 − GIoU, non-zero gradient for disjoint boxes).
         lambda_se, lambda_area: λ1 (squared error) and λ2 (area penalty); paper 1e-4, 1e-5.
         area_penalty: use the λ2 term (ablation: off).
-        lambda_se_warmup, warmup_epochs: λ1 used instead of ``lambda_se`` during the first
-            ``warmup_epochs`` epochs (0: no warm-up, the paper).
     """
 
     backbone: str = "synthcnn"
@@ -92,8 +94,6 @@ class AttnRegConfig:
     lambda_se: float = 1e-4
     lambda_area: float = 1e-5
     area_penalty: bool = True
-    lambda_se_warmup: float = 0.0
-    warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):  # YAML 1.1 reads "1e-4" (no dot) as a string
@@ -120,7 +120,7 @@ class AttnRegConfig:
                 raise ConfigError(f"attnreg: {name} must be at least 1, got {getattr(self, name)!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"attnreg: dropout must lie in [0, 1), got {self.dropout!r}")
-        if self.box_units <= 0 or min(self.lambda_se, self.lambda_area, self.lambda_se_warmup, self.attention_init) < 0:
+        if self.box_units <= 0 or min(self.lambda_se, self.lambda_area, self.attention_init) < 0:
             raise ConfigError("attnreg: box_units must be positive; the λ weights and attention_init non-negative")
 
     def used_taps(self) -> list[str]:
@@ -191,7 +191,6 @@ class AttnReg(GroundingModel):
         image_input = regions if cfg.attention != "none" else regions * channels
         self.region = FusionMLP(image_input, e, cfg.region_hidden, cfg.region_layers, 4, drop)
         self._init_outputs()
-        self.lambda_se = cfg.lambda_se_warmup if cfg.warmup_epochs > 0 else cfg.lambda_se
 
     @torch.no_grad()
     def _init_outputs(self) -> None:
@@ -215,9 +214,6 @@ class AttnReg(GroundingModel):
     @property
     def feature_taps(self) -> list[str]:
         return self.taps
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.lambda_se = self.cfg.lambda_se_warmup if epoch < self.cfg.warmup_epochs else self.cfg.lambda_se
 
     def encode_image(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """{tap: (B, C, h, w)} -> region features (B, N, C_total)."""
@@ -268,7 +264,7 @@ class AttnReg(GroundingModel):
         pred, target = out.boxes * units, batch.boxes * units  # (B, 4) in box units
         l_iou = box_loss.iou_loss(pred, target, self.cfg.iou_loss).mean()
         l_se = box_loss.squared_error(pred, target).mean()
-        loss = l_iou + self.lambda_se * l_se
+        loss = l_iou + self.cfg.lambda_se * l_se
         scalars = {"iou": box_loss.paired_iou(pred, target).mean().detach(), "loss_iou": l_iou.detach(),
                    "loss_se": l_se.detach()}
         if out.image_attention is not None:
