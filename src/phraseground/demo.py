@@ -10,13 +10,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .errors import ConfigError
 from .eval.baselines import evaluate_baseline
 from .eval.grounding import evaluate_grounding, ground_captions
-from .eval.metrics import point_from_argmax, resize_heatmap, union_box
-from .eval.boxes import heatmap_to_boxes
+from .eval.metrics import resize_heatmap
+from .predict import locate
 from .features import load_image
 from .train.checkpoint import model_from_checkpoint
 from .train.config import ExperimentConfig, load_config
@@ -52,13 +50,7 @@ def _overlays(model, fs, out: Path, n_images: int = 4) -> list[str]:
         s = fs.samples[i]
         image = load_image(s.image_path)
         for k, phrase in enumerate(s.captions[c].phrases):
-            hm = resize_heatmap(res.heatmaps[k].float(), s.width, s.height)
-            point = point_from_argmax(hm, s.width, s.height) if float(hm.max()) > 0 else None
-            if res.boxes is not None:
-                box = (res.boxes[k].float() * torch.tensor([s.width, s.height] * 2)).tolist()
-            else:
-                boxes, _ = heatmap_to_boxes(hm)
-                box = union_box(boxes).tolist() if len(boxes) else None
+            _, point, box = locate(res.heatmaps[k], None if res.boxes is None else res.boxes[k], s.width, s.height)
             name = f"{s.image_id}_{k}_{'_'.join(phrase.text.split())}.png"
             save_png(overlay(image.resize((s.width * 3, s.height * 3)),
                              resize_heatmap(res.heatmaps[k].float(), s.width * 3, s.height * 3),

@@ -57,6 +57,28 @@ def parse_bracketed(sentence: str) -> tuple[str, list[tuple[int, int]]]:
     return " ".join(words), spans
 
 
+def locate(heatmap: torch.Tensor, box: torch.Tensor | None, width: int, height: int
+           ) -> tuple[torch.Tensor, tuple[float, float] | None, tuple[float, float, float, float] | None]:
+    """One phrase's answer in image pixels from a model's output.
+
+    Args:
+        heatmap: (h, w) heatmap on the model's grid.
+        box: (4,) regressed box as fractions of the image (xyxy), or None for heatmap models.
+
+    Returns:
+        the heatmap resized to (height, width), the argmax point (None for an all-zero map) and
+        the box in pixels (regressed, or the union of the boxes extracted from the heatmap).
+    """
+    hm = resize_heatmap(heatmap.float().cpu(), width, height)
+    point = point_from_argmax(hm, width, height) if float(hm.max()) > 0 else None
+    if box is not None:
+        pixels = (box.float().cpu() * torch.tensor([width, height, width, height])).tolist()
+    else:
+        boxes, _ = heatmap_to_boxes(hm)
+        pixels = union_box(boxes).tolist() if len(boxes) else None
+    return hm, point, tuple(pixels) if pixels else None
+
+
 class Grounder:
     """A checkpoint and its frozen backbone, ready to ground phrases in image files."""
 
@@ -100,15 +122,9 @@ class Grounder:
         levels = list(self.model.feature_taps)
         preds = []
         for k, (s, e) in enumerate(spans):
-            hm = resize_heatmap(res.heatmaps[k].float().cpu(), width, height)
-            point = point_from_argmax(hm, width, height) if float(hm.max()) > 0 else None
-            if res.boxes is not None:
-                box = (res.boxes[k].float().cpu() * torch.tensor([width, height, width, height])).tolist()
-            else:
-                boxes, _ = heatmap_to_boxes(hm)
-                box = union_box(boxes).tolist() if len(boxes) else None
+            hm, point, box = locate(res.heatmaps[k], None if res.boxes is None else res.boxes[k], width, height)
             lv = int(res.levels[k])
-            preds.append(PhrasePrediction(" ".join(words[s:e]), (s, e), hm, point, tuple(box) if box else None,
+            preds.append(PhrasePrediction(" ".join(words[s:e]), (s, e), hm, point, box,
                                           float(res.scores[k]), levels[lv] if 0 <= lv < len(levels) else None,
                                           self._unknown(words[s:e])))
         return preds, (width, height)
