@@ -23,7 +23,7 @@ def main() -> None:
             "|---|---|---|---|---|---|---|---|---|"]
     for model in args.models:
         out = Path(args.out) / model
-        subprocess.run([sys.executable, "-m", "phraseground.cli", "demo", "--model", model, "--out", str(out), "--quiet"],
+        subprocess.run([sys.executable, "-m", "phraseground.app.cli", "demo", "--model", model, "--out", str(out), "--quiet"],
                        check=True)
         r = json.loads((out / "report.json").read_text())
         rows.append(f"| {model} | {r['pointing_accuracy']:.3f} | {r['box_accuracy']:.3f} | {r['baselines']['center']:.3f} "

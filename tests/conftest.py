@@ -21,7 +21,7 @@ def tiny_overrides(root: Path, **extra: object) -> list[str]:
     values = {
         "data.root": str(root), "model_args.dim": 16, "model_args.grid": 4, "model_args.text_dim": 16,
         "train.batch_size": 4, "train.epochs": 2, "train.lr_milestones": "[1]", "train.val_max_images": 1,
-        "train.checkpoint_every": 3,
+        "train.checkpoint_every": 3, "train.caption_sampling": "all",
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

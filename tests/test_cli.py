@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from phraseground.cli import main
+from phraseground.app.cli import main
 from phraseground.data.flickr30k import read_flickr30k
 
 

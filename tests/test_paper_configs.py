@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from phraseground.demo import package_config
+from phraseground.train.config import package_config
 from phraseground.encoders.vision import create_backbone, get_backbone_spec
 from phraseground.models.base import TrainBatch
 from phraseground.models.registry import create_model

@@ -57,7 +57,7 @@ def test_resume_after_stop_is_exact(reference_run, tiny_bench, tmp_path):
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "phraseground.cli", *args]
+    return [sys.executable, "-m", "phraseground.app.cli", *args]
 
 
 def test_resume_after_a_real_kill_loses_nothing(reference_run, tiny_bench, tmp_path):
@@ -97,7 +97,18 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(bad)
     cfg = load_config(None, ["train.epochs=3", "model_args.dim=64"])
-    assert cfg.train.epochs == 3 and cfg.model_args == {"dim": 64}
+    assert cfg.train.epochs == 3 and cfg.model_args["dim"] == 64
+
+
+def test_no_config_means_the_models_documented_default():
+    """`train` without --config trains what the README and `demo` use, not bare dataclass defaults."""
+    from phraseground.train.config import default_config
+
+    for model in ("mlmcs", "dsve", "attnreg"):
+        assert load_config(None, [f"model={model}"]) == default_config(model)
+    cfg = load_config(None, ["train.epochs=3"])
+    assert cfg.model == "mlmcs" and cfg.train.epochs == 3 and cfg.train.caption_sampling == "one"
+    assert cfg.model_args["dim"] == 128
 
 
 def test_corrupted_and_foreign_checkpoints(reference_run, tmp_path):
@@ -127,7 +138,7 @@ def test_torchrun_two_processes(tiny_bench, tmp_path):
     sets = [a for o in tiny_overrides(tiny_bench, **{"train.epochs": 1}) for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PG_BACKEND": "gloo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "phraseground.cli", "train", "--out", str(tmp_path), "--quiet", *sets]
+           "-m", "phraseground.app.cli", "train", "--out", str(tmp_path), "--quiet", *sets]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     ckpt = load_checkpoint(tmp_path / "last.pt", "mlmcs")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,29 @@ def read_yaml_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config (or start from the defaults) and apply overrides."""
-    values = read_yaml_config(path) if path else {}
-    return config_from_dict(apply_overrides(values, overrides or []))
+    """Read a YAML config and apply overrides. Without a path, start from the model's documented
+    default config (``configs/<model>_synthetic.yaml``; the model is ``mlmcs`` unless an override
+    ``model=NAME`` names another), the same config ``phraseground demo`` trains."""
+    top = apply_overrides({}, overrides or [])
+    if path:
+        values = read_yaml_config(path)
+    else:
+        model = top.get("model", "mlmcs")
+        if not isinstance(model, str):
+            raise ConfigError(f"model: expected a model name, got {model!r}")
+        values = read_yaml_config(package_config(f"{model}_synthetic"))
+    return config_from_dict(_merge(values, top))
+
+
+def package_config(name: str) -> Path:
+    """Path of a config shipped with the package (``configs/<name>.yaml``)."""
+    path = Path(str(resources.files("phraseground") / "configs" / f"{name}.yaml"))
+    if not path.is_file():
+        raise ConfigError(f"no built-in config {name!r} ({path})")
+    return path
+
+
+def default_config(model: str = "mlmcs", overrides: list[str] | None = None) -> ExperimentConfig:
+    """The model's documented default config (``configs/<model>_synthetic.yaml``, the one
+    ``phraseground demo`` and ``phraseground train`` without ``--config`` use), with overrides."""
+    return load_config(package_config(f"{model}_synthetic"), overrides)

@@ -6,40 +6,28 @@ import json
 import os
 import resource
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .eval.baselines import evaluate_baseline
-from .eval.grounding import evaluate_grounding, ground_captions
-from .eval.metrics import resize_heatmap
-from .predict import locate
-from .features import load_image
-from .train.checkpoint import model_from_checkpoint
-from .train.config import ExperimentConfig, load_config
-from .train.data import build_feature_set, ensure_synthetic, load_split, tokenize
-from .train.loop import train
-from .viz import overlay, save_png
+from ..eval.baselines import evaluate_baseline
+from ..eval.grounding import evaluate_grounding, ground_captions
+from ..eval.metrics import resize_heatmap
+from ..predict import locate
+from ..features import load_image
+from ..train.checkpoint import model_from_checkpoint
+from ..train.config import default_config
+from ..train.data import build_feature_set, ensure_synthetic, load_split, tokenize
+from ..train.loop import train
+from ..viz import overlay, save_png
 
 
-def package_config(name: str) -> Path:
-    """Path of a config shipped with the package (``configs/<name>.yaml``)."""
-    path = Path(str(resources.files("phraseground") / "configs" / f"{name}.yaml"))
-    if not path.is_file():
-        raise ConfigError(f"no built-in config {name!r} ({path})")
-    return path
-
-
-def demo_config(model: str, images: int | None = None, epochs: int | None = None,
-                overrides: list[str] | None = None) -> ExperimentConfig:
-    """The model's synthetic default config, with optional size/epoch/``key=value`` overrides."""
-    overrides = list(overrides or [])
+def _demo_overrides(images: int | None, epochs: int | None, overrides: list[str] | None) -> list[str]:
+    out = list(overrides or [])
     if images is not None:
-        overrides.append(f"data.synthetic_images={images}")
+        out.append(f"data.synthetic_images={images}")
     if epochs is not None:
-        overrides.append(f"train.epochs={epochs}")
-    return load_config(package_config(f"{model}_synthetic"), overrides)
+        out.append(f"train.epochs={epochs}")
+    return out
 
 
 def _overlays(model, fs, out: Path, n_images: int = 4) -> list[str]:
@@ -84,7 +72,7 @@ def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs:
     """Generate, train, evaluate and report; returns the report (also written to ``out/report.json``)."""
     t0 = time.time()
     out = Path(out)
-    cfg = demo_config(model, images, epochs, overrides)
+    cfg = default_config(model, _demo_overrides(images, epochs, overrides))
     cfg.data.root = str(ensure_synthetic(cfg.data, out / "data", progress))
     summary = train(cfg, out / "run", progress=progress)
     best, _ = model_from_checkpoint(out / "run" / "best.pt", model)
@@ -116,7 +104,7 @@ def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs:
     if "pointing_box_centre" in result:
         report["pointing_accuracy_box_centre"] = result["pointing_box_centre"]["accuracy"]
     if hasattr(best, "retrieval_similarity"):
-        from .eval.retrieval_run import evaluate_retrieval
+        from ..eval.retrieval_run import evaluate_retrieval
 
         report["retrieval"] = evaluate_retrieval(best, fs, fold_size=len(test))
     report["overlays"] = _overlays(best, fs, out / "overlays")

@@ -1,0 +1,263 @@
+"""The ``phraseground`` command: synth, prepare, train, evaluate, ground, demo.
+
+Bad input (files, options, checkpoints) ends with one ``phraseground: error: ...`` line on
+stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import PhrasegroundError
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise PhrasegroundError(f"option {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from ..data.synthetic import generate_benchmark
+
+    if args.images < 3 or args.size < 48:
+        raise PhrasegroundError("--images must be >= 3 and --size >= 48")
+    t = time.time()
+    counts = generate_benchmark(Path(args.out_dir), args.images, args.seed, args.size, progress=not args.quiet)
+    dt = time.time() - t
+    print(f"wrote {sum(counts.values())} images ({', '.join(f'{k} {v}' for k, v in counts.items())}) to {args.out_dir} "
+          f"in {dt:.1f} s ({sum(counts.values()) / max(dt, 1e-9):.0f} images/s)")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from ..data.index import prepare_dataset
+
+    report = prepare_dataset(args.dataset, Path(args.root), Path(args.out), split=args.split, **_parse_options(args.option))
+    print(report.summary())
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ..train.config import load_config
+    from ..train.loop import train
+
+    overrides = list(args.set)
+    if args.model:
+        if args.config:
+            named = load_config(args.config, overrides).model
+            if named != args.model:
+                raise PhrasegroundError(f"--model {args.model} but the config {args.config} trains {named}")
+        overrides.insert(0, f"model={args.model}")
+    cfg = load_config(args.config, overrides)
+    summary = train(cfg, Path(args.out), resume=args.resume, progress=not args.quiet)
+    best = summary["best_score"]
+    print(f"trained {cfg.model}: {summary['epochs']} epochs, {summary['steps']} steps, "
+          f"{summary['train_seconds']:.0f} s; best validation score {best:.4f}; checkpoints in {args.out}")
+
+
+def _samples_for(data: str, split: str, fmt: str):
+    from ..train.config import DataConfig
+    from ..train.data import load_split
+
+    return load_split(DataConfig(root=data, format=fmt), split)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    samples = _samples_for(args.data, args.split, args.format)
+    if not samples:
+        raise PhrasegroundError(f"{args.data}: split {args.split!r} has no images")
+    if args.baseline:
+        if args.checkpoint:
+            raise PhrasegroundError("give either --checkpoint or --baseline, not both")
+        from ..eval.baselines import evaluate_baseline
+
+        result = evaluate_baseline(samples, args.baseline, args.protocol, seed=args.seed)
+        result = {"data": str(args.data), "split": args.split, **result}
+    else:
+        if not args.checkpoint:
+            raise PhrasegroundError("give --checkpoint CKPT (or --baseline center|random)")
+        from ..train.checkpoint import model_from_checkpoint
+        from ..train.data import build_feature_set
+
+        model, ckpt = model_from_checkpoint(Path(args.checkpoint))
+        fs = build_feature_set(model, samples, progress=not args.quiet)
+        result = {"model": ckpt["model"], "checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split}
+        if args.task in ("grounding", "all"):
+            from ..eval.grounding import evaluate_grounding
+
+            result["grounding"] = evaluate_grounding(model, fs, args.protocol, progress=not args.quiet)
+        if args.task in ("retrieval", "all"):
+            from ..eval.retrieval_run import evaluate_retrieval
+
+            n = len(fs.samples)
+            folds = args.fold_size if args.fold_size and n % args.fold_size == 0 else None
+            if folds is None and args.fold_size:
+                print(f"note: {n} images do not split into folds of {args.fold_size}; "
+                      f"fold-averaged retrieval not computed (use --fold-size D with D dividing {n})", file=sys.stderr)
+            result["retrieval"] = evaluate_retrieval(model, fs, fold_size=folds)
+            result["retrieval"]["fold_size"] = folds
+    if args.json:
+        _write_json(Path(args.json), result)
+    _print_eval(result)
+
+
+def _print_eval(result: dict) -> None:
+    point = result.get("grounding", {}).get("pointing", result if "accuracy" in result else None)
+    if point:
+        acc = point["accuracy"]
+        print(f"pointing ({point['protocol']}): accuracy {acc if acc is None else round(acc, 4)}, "
+              f"hits {point['hits']}, misses {point['misses']}, skipped {point['skipped']}")
+    box = result.get("grounding", {}).get("box")
+    if box:
+        print(f"box accuracy (IoU >= 0.5): {box['accuracy']}")
+    if "retrieval" in result:
+        print("retrieval:", json.dumps(result["retrieval"].get("full", result["retrieval"]))[:400])
+
+
+def cmd_ground(args: argparse.Namespace) -> None:
+    from ..predict import Grounder, parse_bracketed
+    from ..viz import overlay, save_png
+    from ..features import load_image
+
+    if not args.phrase and not args.sentence:
+        raise PhrasegroundError("give at least one --phrase or a --sentence")
+    requests: list[tuple[str, list[tuple[int, int]]]] = []
+    for p in args.phrase or []:
+        if not p.split():
+            raise PhrasegroundError("empty phrase: nothing to ground")
+        requests.append((p, [(0, len(p.split()))]))
+    if args.sentence:
+        requests.append(parse_bracketed(args.sentence))
+    grounder = Grounder(Path(args.checkpoint))
+    image = load_image(Path(args.image))  # fail early on a bad image, before anything is written
+    results = []
+    for text, spans in requests:
+        preds, (w, h) = grounder.ground(Path(args.image), text, spans)
+        results.extend(preds)
+    out = Path(args.out)
+    records = []
+    for k, p in enumerate(results):
+        name = f"{k:02d}_{'_'.join(p.phrase.split())[:40]}.png"
+        save_png(overlay(image, p.heatmap, p.point, p.box, p.phrase), out / name)
+        records.append({**p.to_json(), "overlay": name})
+        print(f"{p.phrase!r}: point {p.point and tuple(round(v, 1) for v in p.point)}, "
+              f"box {p.box and tuple(round(v, 1) for v in p.box)}, score {p.score:.3f}, level {p.level}")
+    _write_json(out / "grounding.json", {
+        "image": str(args.image), "width": image.width, "height": image.height, "box_format": "xyxy",
+        "box_units": "pixels", "checkpoint": str(args.checkpoint), "model": grounder.ckpt["model"], "phrases": records,
+    })
+    print(f"wrote {len(records)} overlays and grounding.json to {out}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    report = run_demo(Path(args.out), model=args.model, images=args.images, epochs=args.epochs,
+                      progress=not args.quiet, overrides=args.set)
+    print(f"\n{report['model']} on the synthetic test split ({report['n_phrases']} phrases, {report['protocol']}): "
+          f"pointing accuracy {report['pointing_accuracy']:.4f} (centre baseline {report['baselines']['center']:.4f}, "
+          f"random {report['baselines']['random']:.4f}), box accuracy {report['box_accuracy']:.4f}; "
+          f"trained in {report['train_seconds']:.0f} s, total {report['total_seconds']:.0f} s")
+    print(f"report: {Path(args.out) / 'report.json'}, {Path(args.out) / 'report.md'}; overlays in {Path(args.out) / 'overlays'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    p = argparse.ArgumentParser(prog="phraseground", description="Image-phrase grounding: mlmcs, dsve, attnreg.")
+    p.add_argument("--version", action="version", version=f"phraseground {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write the synthetic benchmark in Flickr30k Entities format")
+    s.add_argument("out_dir")
+    s.add_argument("--images", type=int, default=2500)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("prepare", help="validate a dataset once and write its index")
+    s.add_argument("dataset", help="flickr30k, coco, coco-karpathy, referit, referit-hu, vg")
+    s.add_argument("--root", required=True)
+    s.add_argument("--out", required=True, help="index file (.json or .json.gz)")
+    s.add_argument("--split", default=None)
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="reader option")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train a model from a YAML config")
+    s.add_argument("--config", default=None,
+                   help="YAML config (default: the model's documented default, configs/<model>_synthetic.yaml)")
+    s.add_argument("--model", default=None, help="registered model (default: the config's, else mlmcs)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
+    s.add_argument("--out", required=True, help="run directory")
+    s.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="evaluate a checkpoint or a baseline on a dataset split")
+    s.add_argument("--checkpoint")
+    s.add_argument("--baseline", choices=["center", "random"])
+    s.add_argument("--data", required=True, help="Flickr30k Entities directory (or index folder with --format index)")
+    s.add_argument("--format", default="flickr30k", choices=["flickr30k", "index"])
+    s.add_argument("--split", default="test")
+    s.add_argument("--protocol", default="akbari2019", choices=["akbari2019", "engilberge2018", "tolerance15"])
+    s.add_argument("--task", default="grounding", choices=["grounding", "retrieval", "all"])
+    s.add_argument("--fold-size", type=int, default=1000, help="images per fold for the 1k-fold retrieval average")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    s.add_argument("--json", help="write the full report here")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("ground", help="ground phrases in an image with a checkpoint")
+    s.add_argument("image")
+    s.add_argument("--phrase", action="append", help="a phrase (repeatable)")
+    s.add_argument("--sentence", help="a sentence with phrases in [brackets] (whole sentence if none)")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_ground)
+
+    s = sub.add_parser("demo", help="end to end on the synthetic benchmark: generate, train, evaluate, report")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--model", default="mlmcs")
+    s.add_argument("--images", type=int, default=None, help="benchmark size (default: the model's demo config)")
+    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except PhrasegroundError as e:
+        print(f"phraseground: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("phraseground: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # python -m phraseground.app.cli
+    sys.exit(main())
