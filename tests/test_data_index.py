@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from phraseground.data.index import DATASETS, prepare_dataset, read_index, validate_samples, write_index
-from phraseground.data.safe_pickle import check_boxes
+from phraseground.data.validate import check_boxes
 from phraseground.data.types import Caption, ImageSample, Phrase, ReadReport
 from phraseground.errors import ConfigError, DataFormatError, PhrasegroundError
 

@@ -1,13 +1,14 @@
 """Heatmap overlays: the heatmap blended on the image, the max point marked, the box drawn."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
+
+from .io import atomic_write
 
 
 def overlay(image: Image.Image, heatmap: torch.Tensor, point: tuple[float, float] | None = None,
@@ -43,8 +44,5 @@ def overlay(image: Image.Image, heatmap: torch.Tensor, point: tuple[float, float
 
 def save_png(image: Image.Image, path: Path) -> None:
     """Write a PNG atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        image.save(f, format="PNG")

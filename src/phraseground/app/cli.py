@@ -7,21 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import PhrasegroundError
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+from ..io import safe_filename, write_json
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
@@ -115,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             result["retrieval"] = evaluate_retrieval(model, fs, fold_size=folds)
             result["retrieval"]["fold_size"] = folds
     if args.json:
-        _write_json(Path(args.json), result)
+        write_json(Path(args.json), result)
     _print_eval(result)
 
 
@@ -155,12 +147,12 @@ def cmd_ground(args: argparse.Namespace) -> None:
     out = Path(args.out)
     records = []
     for k, p in enumerate(results):
-        name = f"{k:02d}_{'_'.join(p.phrase.split())[:40]}.png"
+        name = safe_filename(p.phrase, k)
         save_png(overlay(image, p.heatmap, p.point, p.box, p.phrase), out / name)
         records.append({**p.to_json(), "overlay": name})
         print(f"{p.phrase!r}: point {p.point and tuple(round(v, 1) for v in p.point)}, "
               f"box {p.box and tuple(round(v, 1) for v in p.box)}, score {p.score:.3f}, level {p.level}")
-    _write_json(out / "grounding.json", {
+    write_json(out / "grounding.json", {
         "image": str(args.image), "width": image.width, "height": image.height, "box_format": "xyxy",
         "box_units": "pixels", "checkpoint": str(args.checkpoint), "model": grounder.ckpt["model"], "phrases": records,
     })

@@ -3,7 +3,6 @@ evaluate it on the test split beside the centre and random baselines, write a re
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from ..eval.grounding import evaluate_grounding, ground_captions
 from ..eval.metrics import resize_heatmap
 from ..predict import locate
 from ..features import load_image
+from ..io import safe_filename, write_json, write_text
 from ..train.checkpoint import model_from_checkpoint
 from ..train.config import default_config
 from ..train.data import build_feature_set, ensure_synthetic, load_split, tokenize
@@ -39,7 +39,7 @@ def _overlays(model, fs, out: Path, n_images: int = 4) -> list[str]:
         image = load_image(s.image_path)
         for k, phrase in enumerate(s.captions[c].phrases):
             _, point, box = locate(res.heatmaps[k], None if res.boxes is None else res.boxes[k], s.width, s.height)
-            name = f"{s.image_id}_{k}_{'_'.join(phrase.text.split())}.png"
+            name = safe_filename(phrase.text, f"{s.image_id}_{k}")
             save_png(overlay(image.resize((s.width * 3, s.height * 3)),
                              resize_heatmap(res.heatmaps[k].float(), s.width * 3, s.height * 3),
                              point and (point[0] * 3, point[1] * 3), box and [v * 3 for v in box], phrase.text),
@@ -110,8 +110,6 @@ def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs:
     report["overlays"] = _overlays(best, fs, out / "overlays")
     report["total_seconds"] = time.time() - t0
     report["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    for name, text in (("report.json", json.dumps(report, indent=2) + "\n"), ("report.md", _report_md(report))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    write_json(out / "report.json", report)
+    write_text(out / "report.md", _report_md(report))
     return report

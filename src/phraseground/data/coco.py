@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from phraseground.data.safe_pickle import get_field, load_json, require_file
+from phraseground.io import get_field, load_json, require_file
 from phraseground.data.types import Caption, ImageSample, ReadReport
 from phraseground.errors import ConfigError, DataFormatError
 

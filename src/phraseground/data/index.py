@@ -29,12 +29,11 @@ from phraseground.data.coco import read_coco
 from phraseground.data.flickr30k import read_flickr30k
 from phraseground.data.karpathy import read_karpathy
 from phraseground.data.referit import read_referit_hu, read_refer
-from phraseground.data.safe_pickle import (
-    BOX_BROKEN, BOX_CLIPPED, BOX_OK, BOX_OUTSIDE, atomic_write_bytes, check_boxes,
-)
+from phraseground.data.validate import BOX_BROKEN, BOX_CLIPPED, BOX_OK, BOX_OUTSIDE, check_boxes
 from phraseground.data.types import Box, Caption, ImageSample, Phrase, ReadReport
 from phraseground.data.visual_genome import read_visual_genome
 from phraseground.errors import ConfigError, DataFormatError, PhrasegroundError
+from phraseground.io import write_bytes
 
 INDEX_FORMAT = "phraseground-index"
 INDEX_VERSION = 1
@@ -76,7 +75,7 @@ def write_index(samples: list[ImageSample], path: Path, meta: dict[str, Any]) ->
     data = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
     if path.name.endswith(".gz"):
         data = gzip.compress(data, mtime=0)
-    atomic_write_bytes(path, data)
+    write_bytes(path, data)
 
 
 def _encode_sample(s: ImageSample, rel_path: Path) -> list:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from phraseground.data.safe_pickle import get_field, image_size, load_json
+from phraseground.data.validate import image_size
+from phraseground.io import get_field, load_json
 from phraseground.data.types import Caption, ImageSample, ReadReport
 from phraseground.errors import ConfigError, DataFormatError
 

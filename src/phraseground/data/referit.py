@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from phraseground.data.safe_pickle import get_field, image_size, load_json, load_pickle, require_file
+from phraseground.data.safe_pickle import load_pickle
+from phraseground.data.validate import image_size
+from phraseground.io import get_field, load_json, require_file
 from phraseground.data.types import Box, Caption, ImageSample, Phrase, ReadReport
 from phraseground.errors import ConfigError, DataFormatError
 

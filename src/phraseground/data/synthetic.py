@@ -10,12 +10,13 @@ Everything is a deterministic function of (seed, image index).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from phraseground.io import atomic_write, write_text
 
 SHAPES = ("circle", "ring", "square", "diamond", "triangle", "hexagon", "star", "cross")
 SHAPE_TYPES = {
@@ -214,12 +215,6 @@ def _annotation_xml(image_id: str, size: int, objects: list[SceneObject], chains
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def generate_image(out: Path, index: int, seed: int, size: int) -> str:
     """Write image ``index`` of the benchmark (image, sentences, annotation); return its id."""
     rng = np.random.default_rng([seed, index])
@@ -229,11 +224,10 @@ def generate_image(out: Path, index: int, seed: int, size: int) -> str:
     chains = [(index + 1) * 10 + k + 1 for k in range(len(objects))]
     scene_chain = (index + 1) * 10 + 9
     captions = [_caption(rng, objects, chains, scene_chain, texture) for _ in range(5)]
-    tmp = out / "images" / f".{image_id}.tmp.jpg"
-    img.save(tmp, quality=92)
-    os.replace(tmp, out / "images" / f"{image_id}.jpg")
-    _write_atomic(out / "Sentences" / f"{image_id}.txt", ("\n".join(captions) + "\n").encode())
-    _write_atomic(out / "Annotations" / f"{image_id}.xml", _annotation_xml(image_id, size, objects, chains, scene_chain).encode())
+    with atomic_write(out / "images" / f"{image_id}.jpg", fsync=False) as f:  # regenerable: no fsync per file
+        img.save(f, format="JPEG", quality=92)
+    write_text(out / "Sentences" / f"{image_id}.txt", "\n".join(captions) + "\n", fsync=False)
+    write_text(out / "Annotations" / f"{image_id}.xml", _annotation_xml(image_id, size, objects, chains, scene_chain), fsync=False)
     return image_id
 
 
@@ -263,5 +257,5 @@ def generate_benchmark(out: Path, n_images: int = 2500, seed: int = 0, size: int
     for i in indices:
         splits[split_of(i, n_images)].append(generate_image(out, i, seed, size))
     for name, ids in splits.items():
-        _write_atomic(out / f"{name}.txt", ("\n".join(ids) + "\n").encode())
+        write_text(out / f"{name}.txt", "\n".join(ids) + "\n")
     return {k: len(v) for k, v in splits.items()}

@@ -26,9 +26,8 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from phraseground.data.referit import expression_caption
-from phraseground.data.safe_pickle import (
-    BOX_BROKEN, BOX_CLIPPED, BOX_OUTSIDE, check_boxes, get_field, load_json, require_file,
-)
+from phraseground.data.validate import BOX_BROKEN, BOX_CLIPPED, BOX_OUTSIDE, check_boxes
+from phraseground.io import get_field, load_json, require_file
 from phraseground.data.types import Box, Caption, ImageSample, ReadReport
 from phraseground.errors import ConfigError, DataFormatError
 

@@ -7,30 +7,22 @@ A checkpoint is a dict of tensors and plain containers (``torch.load(weights_onl
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
+from ..io import atomic_write, remove_stale_temps
 
 FORMAT = "phraseground-checkpoint-v1"
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     """Write ``payload`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a writer killed mid-write
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save({"format": FORMAT, **payload}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    remove_stale_temps(path)  # left by a writer killed mid-write (only rank 0 writes checkpoints)
+    with atomic_write(path) as f:
+        torch.save({"format": FORMAT, **payload}, f)
 
 
 def load_checkpoint(path: Path, expect_model: str | None = None) -> dict[str, Any]:

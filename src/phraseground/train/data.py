@@ -11,6 +11,7 @@ from ..data.types import ImageSample
 from ..encoders.vision import create_backbone, get_backbone_spec
 from ..errors import ConfigError
 from ..features import extract_features
+from ..io import write_text
 from ..models.base import GroundingModel, TrainBatch
 from .config import DataConfig
 
@@ -128,7 +129,5 @@ def ensure_synthetic(data: DataConfig, where: Path, progress: bool = False) -> P
         except (OSError, ValueError):
             pass
     generate_benchmark(where, data.synthetic_images, data.synthetic_seed, data.synthetic_size, progress=progress)
-    tmp = where / ".synthetic.json.tmp"
-    tmp.write_text(json.dumps(params))
-    os.replace(tmp, marker)
+    write_text(marker, json.dumps(params))
     return where

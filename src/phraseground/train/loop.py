@@ -20,6 +20,7 @@ import torch.distributed as dist
 import yaml
 
 from ..encoders.text import Vocab
+from ..io import write_text
 from ..models.registry import create_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
@@ -127,9 +128,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
     log_path = out_dir / "log.jsonl"
     if rank == 0:
         text = yaml.safe_dump({**config_dict, "git_sha": _git_sha()}, sort_keys=False)
-        tmp = out_dir / ".config.yaml.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / "config.yaml")
+        write_text(out_dir / "config.yaml", text)
 
     def checkpoint(path: Path, extra: dict | None = None) -> None:
         if rank != 0:
