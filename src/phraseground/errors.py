@@ -26,3 +26,7 @@ class ConfigError(PhrasegroundError):
 
 class WeightsNotFoundError(PhrasegroundError):
     """Pretrained weights are neither on disk nor downloadable; says which file to put where."""
+
+
+class ImageError(DataFormatError):
+    """An image file cannot be used: missing, not an image, corrupt, truncated, over the pixel limit."""

@@ -1,4 +1,4 @@
-"""Image loading, preprocessing and frozen-backbone feature extraction."""
+"""Preprocessing and frozen-backbone feature extraction (images are opened by ``data.images.load_image``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,21 +7,10 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from .data.images import load_image
 from .encoders.vision import BackboneSpec, TapExtractor
-from .errors import PhrasegroundError
-
-
-def load_image(path: Path) -> Image.Image:
-    """Open an image as RGB, with one clear error for a missing or unreadable file."""
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise PhrasegroundError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise PhrasegroundError(f"{path}: cannot read image ({e})") from None
 
 
 def images_to_tensor(images: Sequence[Image.Image], spec: BackboneSpec) -> torch.Tensor:
@@ -44,12 +33,15 @@ def extract_features(
     device: torch.device | str = "cpu",
     progress: bool = False,
     dtype: torch.dtype = torch.float16,
+    sizes: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run the frozen backbone over images.
 
     Args:
         grid: when given, every tap is bilinearly resized to (grid, grid) here, once.
         dtype: storage type of the returned features (float16 halves the memory).
+        sizes: per image the annotated ``(width, height)``; an EXIF-rotated image whose
+            annotation matches its stored frame is used in that frame (``load_image``'s ``expect_size``).
 
     Returns:
         tap -> (N, C, h, w) features, in the order of ``image_paths``.
@@ -62,7 +54,9 @@ def extract_features(
 
         starts = tqdm(starts, desc="features", unit="batch")
     for i in starts:
-        x = images_to_tensor([load_image(p) for p in image_paths[i : i + batch_size]], spec).to(device)
+        batch = [load_image(p, expect_size=None if sizes is None else sizes[i + j])
+                 for j, p in enumerate(image_paths[i : i + batch_size])]
+        x = images_to_tensor(batch, spec).to(device)
         for tap, f in backbone(x).items():
             if grid is not None:
                 f = F.interpolate(f, size=(grid, grid), mode="bilinear", align_corners=False)

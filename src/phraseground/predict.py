@@ -11,7 +11,8 @@ from .encoders.vision import create_backbone, get_backbone_spec
 from .errors import PhrasegroundError
 from .eval.boxes import heatmap_to_boxes
 from .eval.metrics import point_from_argmax, resize_heatmap, union_box
-from .features import images_to_tensor, load_image
+from .data.images import load_image
+from .features import images_to_tensor
 from .train.checkpoint import model_from_checkpoint
 from .train.data import tokenize
 
@@ -116,7 +117,7 @@ class Grounder:
             if len(self._unknown(words[s:e])) == e - s:
                 raise PhrasegroundError(
                     f"phrase {' '.join(words[s:e])!r}: no word is known to the model's vocabulary")
-        image = load_image(Path(image_path))
+        image = load_image(image_path)
         width, height = image.size
         res = self.model.ground(self.features(image), [words], [spans])[0]
         levels = list(self.model.feature_taps)

@@ -127,7 +127,7 @@ def _print_eval(result: dict) -> None:
 def cmd_ground(args: argparse.Namespace) -> None:
     from ..predict import Grounder, parse_bracketed
     from ..viz import overlay, save_png
-    from ..features import load_image
+    from ..data.images import load_image
 
     if not args.phrase and not args.sentence:
         raise PhrasegroundError("give at least one --phrase or a --sentence")

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..data.images import load_image
 from ..eval.baselines import evaluate_baseline
 from ..eval.grounding import evaluate_grounding, ground_captions
 from ..eval.metrics import resize_heatmap
 from ..predict import locate
-from ..features import load_image
 from ..io import safe_filename, write_json, write_text
 from ..train.checkpoint import model_from_checkpoint
 from ..train.config import default_config
@@ -36,7 +36,7 @@ def _overlays(model, fs, out: Path, n_images: int = 4) -> list[str]:
     pairs = [(i, 0) for i in range(min(n_images, len(fs.samples)))]
     for (i, c), res in zip(pairs, ground_captions(model, fs, pairs, tokenize)):
         s = fs.samples[i]
-        image = load_image(s.image_path)
+        image = load_image(s.image_path, expect_size=(s.width, s.height))
         for k, phrase in enumerate(s.captions[c].phrases):
             _, point, box = locate(res.heatmaps[k], None if res.boxes is None else res.boxes[k], s.width, s.height)
             name = safe_filename(phrase.text, f"{s.image_id}_{k}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision.ops import clip_boxes_to_image
 
 from phraseground.data.types import Box
@@ -15,25 +14,22 @@ BOX_OK, BOX_CLIPPED, BOX_BROKEN, BOX_OUTSIDE = "ok", "clipped", "broken", "outsi
 
 
 def image_size(path: Path, required: bool = True) -> tuple[int, int]:
-    """``(width, height)`` from the image file header (no decoding).
+    """``(width, height)`` from the image file header (no decoding; the pixel limit is checked).
 
     Args:
         path: the image file.
         required: when False a missing file gives ``(0, 0)`` (size unknown) instead of an error.
 
     Raises:
-        DataFormatError: the file is missing (and required) or is not a readable image.
+        DataFormatError: the file is missing (and required), is not a readable image or is over
+            the pixel limit (``phraseground.data.images``).
     """
+    from phraseground.data.images import image_size as header_size
+
     path = Path(path)
     if not required and not path.is_file():
         return 0, 0
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise DataFormatError(path, "image file not found") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataFormatError(path, f"not a readable image ({e})") from None
+    return header_size(path)  # the stored frame; ImageError (a DataFormatError) names the file
 
 
 def check_boxes(boxes: list[Box], width: int, height: int) -> list[tuple[str, Box]]:

@@ -55,7 +55,8 @@ def build_feature_set(model: GroundingModel, samples: list[ImageSample], batch_s
     spec = get_backbone_spec(cfg.backbone)
     backbone = create_backbone(cfg.backbone, cfg.backbone_weights, model.feature_taps)
     feats = extract_features(backbone, spec, [s.image_path for s in samples], grid=model.feature_grid,
-                             batch_size=batch_size, device=device, progress=progress)
+                             batch_size=batch_size, device=device, progress=progress,
+                             sizes=[(s.width, s.height) for s in samples])
     return FeatureSet(samples, feats)
 
 
