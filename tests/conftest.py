@@ -36,3 +36,34 @@ def tiny_run(tiny_bench, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("run")
     summary = train(load_config(None, tiny_overrides(tiny_bench)), out, progress=False)
     return out, summary
+
+
+TINY_MODEL_ARGS = {
+    "mlmcs": ["model_args.dim=16", "model_args.grid=4", "model_args.text_dim=16"],
+    "dsve": ["model_args.maps=16", "model_args.dim=16", "model_args.word_dim=8", "model_args.localize_k=4",
+             "model_args.warmup_epochs=0"],
+    "attnreg": ["model_args.grid=4", "model_args.image_attention_hidden=8", "model_args.region_hidden=8",
+                "model_args.word_dim=8", "model_args.lstm_hidden=8", "model_args.text_attention_hidden=8"],
+}
+
+
+def tiny_checkpoint(model: str, root: Path, out: Path) -> Path:
+    """A near-random checkpoint of ``model`` (one epoch of a few steps on ``root``), built by the
+    training loop so that it follows whatever the checkpoint contract is; returns best.pt."""
+    from phraseground.train.config import load_config
+    from phraseground.train.loop import train
+
+    run = Path(out) / f"tiny_{model}"
+    if not (run / "best.pt").is_file():
+        overrides = [f"model={model}", f"data.root={root}", *TINY_MODEL_ARGS[model], "train.batch_size=8",
+                     "train.epochs=1", "train.caption_sampling=one", "train.val_max_images=1",
+                     "train.checkpoint_every=0"]
+        train(load_config(None, overrides), run, progress=False)
+    return run / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def model_checkpoints(tiny_bench, tmp_path_factory) -> dict[str, Path]:
+    """One tiny near-random checkpoint per registered model (mlmcs, dsve, attnreg)."""
+    out = tmp_path_factory.mktemp("tiny_models")
+    return {m: tiny_checkpoint(m, tiny_bench, out) for m in TINY_MODEL_ARGS}

@@ -58,6 +58,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             if named != args.model:
                 raise PhrasegroundError(f"--model {args.model} but the config {args.config} trains {named}")
         overrides.insert(0, f"model={args.model}")
+    if args.max_image_pixels is not None:  # recorded in the run's config.yaml
+        overrides.append(f"data.max_image_pixels={args.max_image_pixels}")
     cfg = load_config(args.config, overrides)
     summary = train(cfg, Path(args.out), resume=args.resume, progress=not args.quiet)
     best = summary["best_score"]
@@ -171,6 +173,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report: {Path(args.out) / 'report.json'}, {Path(args.out) / 'report.md'}; overlays in {Path(args.out) / 'overlays'}")
 
 
+def _image_limit(s: argparse.ArgumentParser) -> None:
+    from ..data.images import DEFAULT_MAX_PIXELS, ENV_MAX_PIXELS
+
+    s.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                   help=f"refuse images of more than N pixels, checked on the file header before decoding "
+                        f"(decompression bombs; default {DEFAULT_MAX_PIXELS}, or ${ENV_MAX_PIXELS}; for train also "
+                        f"the config key data.max_image_pixels)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -192,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="index file (.json or .json.gz)")
     s.add_argument("--split", default=None)
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="reader option")
+    _image_limit(s)
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("train", help="train a model from a YAML config")
@@ -202,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="run directory")
     s.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     s.add_argument("--quiet", action="store_true")
+    _image_limit(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="evaluate a checkpoint or a baseline on a dataset split")
@@ -216,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     s.add_argument("--json", help="write the full report here")
     s.add_argument("--quiet", action="store_true")
+    _image_limit(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("ground", help="ground phrases in an image with a checkpoint")
@@ -224,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sentence", help="a sentence with phrases in [brackets] (whole sentence if none)")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--out", required=True)
+    _image_limit(s)
     s.set_defaults(func=cmd_ground)
 
     s = sub.add_parser("demo", help="end to end on the synthetic benchmark: generate, train, evaluate, report")
@@ -233,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=None)
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     s.add_argument("--quiet", action="store_true")
+    _image_limit(s)
     s.set_defaults(func=cmd_demo)
     return p
 
@@ -241,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "max_image_pixels", None) is not None:
+            from ..data.images import set_max_pixels
+
+            set_max_pixels(args.max_image_pixels)
         args.func(args)
     except PhrasegroundError as e:
         print(f"phraseground: error: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ class DataConfig:
     synthetic_images: int = 2500  # used when root is empty: the embedded benchmark is generated
     synthetic_seed: int = 0
     synthetic_size: int = 128
+    max_image_pixels: int = 0  # refuse larger images (decompression bombs); 0: the process default (data/images.py)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import yaml
 
 from ..encoders.text import Vocab
+from ..errors import PhrasegroundError
 from ..io import write_text
 from ..models.registry import create_model
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -73,14 +74,22 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
     Returns:
         a summary: steps, epochs, train_seconds, the last and best validation reports.
     """
+    from ..data.images import set_max_pixels
     from ..eval.grounding import evaluate_grounding
 
     rank, world = _dist_info()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PhrasegroundError(f"{out_dir}: exists and is not a folder; --out names the run folder")
+    if cfg.data.max_image_pixels:
+        set_max_pixels(cfg.data.max_image_pixels)
     tc = cfg.train
     device = torch.device(tc.device)
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PhrasegroundError(f"{out_dir}: cannot create the run folder ({e.strerror})") from None
     if not cfg.data.root and train_set is None:  # the embedded default: generate the synthetic benchmark
         if rank == 0:
             ensure_synthetic(cfg.data, out_dir / "synthetic", progress)
