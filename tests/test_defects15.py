@@ -147,3 +147,48 @@ def test_6_config_types_checked_at_load(setting, key, tiny_bench, tmp_path, caps
     code, _, err = _run(capsys, "train", *sets, "--out", str(tmp_path / "r"), "--quiet")
     assert _one_line_error(code, err) and key in err
     assert not (tmp_path / "r").exists()  # refused before any data or features were prepared
+
+
+# 4. path traversal: overlay names never come from a phrase-made path
+@pytest.mark.parametrize("phrase", ["a red/../../star", "../../../../tmp/x", "/etc/passwd", "..", "a\\..\\..\\star",
+                                    "star\x00.png", "a " * 200 + "star"])
+def test_4_overlays_stay_inside_the_output_folder(phrase, tiny_run, tiny_bench, tmp_path, capsys):
+    run, _ = tiny_run
+    out = tmp_path / "runs" / "s" / "x"
+    before = {p for p in tmp_path.rglob("*")}
+    code, _, err = _run(capsys, "ground", str(tiny_bench / "images" / "000025.jpg"), "--phrase", phrase + " red",
+                        "--checkpoint", str(run / "best.pt"), "--out", str(out))
+    assert code == 0, err
+    written = {p for p in tmp_path.rglob("*")} - before
+    assert all(p == out or out in p.parents for p in written if p not in out.parents)
+    assert all(p.parent == out and p.is_file() for p in out.iterdir())  # no sub-folders
+    record = json.loads((out / "grounding.json").read_text())
+    names = [p["overlay"] for p in phrases_of(record)]
+    assert len(names) == 1 and "/" not in names[0] and "\\" not in names[0] and len(names[0]) <= 60
+    assert names[0].endswith(".png") and not names[0].startswith(".")
+    assert sorted(p.name for p in out.iterdir()) == sorted(["grounding.json", *names])
+
+
+def test_4_an_existing_link_in_the_output_folder_is_replaced_not_followed(tiny_run, tiny_bench, tmp_path, capsys):
+    from phraseground.io import safe_filename
+
+    run, _ = tiny_run
+    out, victim = tmp_path / "out", tmp_path / "victim.png"
+    out.mkdir()
+    victim.write_bytes(b"precious")
+    (out / safe_filename("a red star", 0)).symlink_to(victim)
+    code, _, err = _run(capsys, "ground", str(tiny_bench / "images" / "000025.jpg"), "--phrase", "a red star",
+                        "--checkpoint", str(run / "best.pt"), "--out", str(out))
+    assert code == 0, err
+    assert victim.read_bytes() == b"precious" and not (out / safe_filename("a red star", 0)).is_symlink()
+
+
+# 7. output folders that do not exist are created: the help says so
+@pytest.mark.parametrize("command, option", [("evaluate", "--json"), ("ground", "--out"), ("train", "--out"),
+                                             ("prepare", "--out")])
+def test_7_help_says_missing_folders_are_created(command, option, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    line = text[text.rindex(option + " "):][:300]  # the options section, not the usage line
+    assert "created" in line, line
