@@ -21,7 +21,7 @@ def samples() -> list[ImageSample]:
     """Image 0 (100x80, centre (50, 40)): a centre box (hit), a left box (miss), a notvisual
     phrase and a small box; image 1 (60x60, centre (30, 30)): a top-right box (miss)."""
     first = ImageSample("a", Path("a.jpg"), 100, 80, (
-        Caption("a b c", (phrase([(40, 30, 60, 50)], ("people",)), phrase([(0, 0, 30, 80)], ("animals", "people")))),
+        Caption("a b c", (phrase([(38, 28, 62, 52)], ("people",)), phrase([(0, 0, 30, 80)], ("animals", "people")))),
         Caption("d e f", (phrase([], ("notvisual",)), phrase([(0, 0, 5, 5)], ("people",)))),
     ))
     second = ImageSample("b", Path("b.jpg"), 60, 60, (Caption("g h", (phrase([(40, 0, 60, 30)], ("scene",)),)),))

@@ -170,7 +170,7 @@ def test_union_vs_any_gt_box():
 
 
 def test_box_accuracy_from_heatmap_and_zero_map():
-    metric = BoxAccuracy()
+    metric = BoxAccuracy(box_method="nms")
     gt = phrase([(3, 2, 6, 5), (20, 10, 25, 15)])  # the two blobs: union (3, 2, 25, 15)
     assert metric.update(gt, 30, 20, heatmap=two_blobs()) is True
     assert metric.update(gt, 30, 20, heatmap=torch.zeros(5, 5)) is False
@@ -178,6 +178,9 @@ def test_box_accuracy_from_heatmap_and_zero_map():
     low = two_blobs()[::2, ::2]  # (10, 15)
     assert metric.update(gt, 30, 20, heatmap=low) is True
     assert metric.compute()["hits"] == 2
+    # akbari2019 (heat2bbox): the top 3 peaks all lie on the brighter plateau, merge into its
+    # one box (20, 10, 24, 14), and that box alone misses the union of the two GT boxes
+    assert BoxAccuracy("akbari2019").update(gt, 30, 20, heatmap=two_blobs()) is False
 
 
 def test_box_metrics_skip_exactly_like_the_pointing_protocol():
@@ -221,7 +224,7 @@ def test_attention_share_counts_overlaps_once():
 
 
 def test_attention_correctness_mean_and_resize():
-    metric = AttentionCorrectness()
+    metric = AttentionCorrectness(attention="union")
     # a uniform 2x2 map resized to 4x4 stays uniform: the share is the box's pixel share
     assert metric.update(phrase([(0, 0, 2, 2)]), 4, 4, heatmap=torch.ones(2, 2)) == pytest.approx(4 / 16)
     assert metric.update(phrase([(0, 0, 4, 3)], ("animals",)), 4, 4, heatmap=torch.ones(2, 2)) == pytest.approx(12 / 16)
@@ -232,6 +235,11 @@ def test_attention_correctness_mean_and_resize():
         metric.update(phrase([(0, 0, 4, 3)]), 4, 4, heatmap=torch.tensor([[1.0, -1.0], [1.0, 1.0]]))
     metric.reset()
     assert metric.compute()["attention_correctness"] is None
+    # akbari2019: per-box sums, MultiGrounding's map[y0:y1, x0:x1], negative values allowed
+    per_box = AttentionCorrectness("akbari2019")
+    both = phrase([(0, 0, 2, 2), (0, 0, 4, 3)])  # overlapping: 4/16 + 12/16 = 1
+    assert per_box.update(both, 4, 4, heatmap=torch.ones(2, 2)) == pytest.approx(1.0)
+    assert per_box.update(both, 4, 4, heatmap=torch.tensor([[1.0, -1.0], [1.0, 1.0]])) is not None
 
 
 def test_box_pixel_mask_matches_naive_loop():

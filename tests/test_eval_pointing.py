@@ -81,14 +81,29 @@ def test_engilberge_cell_centre_and_strict_inside():
 
 @pytest.mark.parametrize(
     "row, col, hit",
-    [(1, 2, True), (3, 4, True), (1, 4, True), (3, 2, True),  # the four corner pixels of the box
-     (1, 5, False), (4, 4, False), (0, 2, False), (1, 1, False)],  # their outside neighbours
+    [(1, 2, True), (4, 5, True), (1, 5, True), (4, 2, True),  # corners: MultiGrounding's x0 <= col <= x1
+     (1, 6, False), (5, 4, False), (0, 2, False), (1, 1, False)],  # their outside neighbours
 )
-def test_akbari_edge_pixels_are_inside(row, col, hit):
-    # box (2, 1, 5, 4) covers columns 2..4 and rows 1..3 of an 8x6 image
+def test_akbari_edges_are_inclusive_on_the_boxes_as_given(row, col, hit):
+    # box (2, 1, 5, 4) as given: MultiGrounding's test counts columns 2..5 and rows 1..4
     game = PointingGame("akbari2019")
     assert game.update(phrase(), 8, 6, heatmap=one_hot(6, 8, row, col)) is hit
     assert game.compute()["hits"] == int(hit)
+
+
+@pytest.mark.parametrize(
+    "row, col, hit",
+    [(2, 3, True), (4, 5, True), (1, 3, False), (2, 2, False), (5, 5, False), (4, 6, False)],
+)
+def test_akbari_flickr30k_frame_shifts_the_near_edges(row, col, hit):
+    # our (2, 1, 5, 4) is the XML box (3, 2, 5, 4): columns 3..5, rows 2..4 in the 0-based argmax
+    game = PointingGame("akbari2019", box_frame="flickr30k")
+    assert game.update(phrase(), 8, 6, heatmap=one_hot(6, 8, row, col)) is hit
+
+
+def test_other_protocols_keep_half_open_pixels():
+    assert point_hits((4.5, 3.5), [(2, 1, 5, 4)], "tolerance15")
+    assert not point_hits((5.5, 3.5), [(2, 1, 5, 4)], "engilberge2018")
 
 
 def test_pixel_rule_uses_the_pixel_not_its_centre():
@@ -116,6 +131,11 @@ def test_five_percent_filter_boundary():
     assert skip_reason(spread, 100, 100, "akbari2019") is None
     assert skip_reason(below, 100, 100, "engilberge2018") is None
     assert skip_reason(below, 100, 100, "tolerance15") is None
+    # MultiGrounding's arithmetic: normalised coordinates first, then the area; 20x20 of
+    # 100x80 is 5 % exactly, but (0.6 - 0.4) * (0.625 - 0.375) = 0.0499999... < 0.05: skipped
+    assert skip_reason(phrase([(40, 30, 60, 50)]), 100, 80, "akbari2019") == "small_box"
+    # in the Flickr30k frame the XML box (1..25) is 24 px wide: 480 px < 5 %
+    assert skip_reason(exactly, 100, 100, "akbari2019", box_frame="flickr30k") == "small_box"
     for p in (exactly, below, spread):
         game.update(p, 100, 100, point=(1.0, 1.0))
     report = game.compute()

@@ -74,17 +74,27 @@ def _samples_for(data: str, split: str, fmt: str):
     return load_split(DataConfig(root=data, format=fmt), split)
 
 
+def _box_frame(args: argparse.Namespace) -> str:
+    if args.box_frame != "auto":
+        return args.box_frame
+    from ..train.config import DataConfig
+    from ..train.data import box_frame_of
+
+    return box_frame_of(DataConfig(root=args.data, format=args.format))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     samples = _samples_for(args.data, args.split, args.format)
     if not samples:
         raise PhrasegroundError(f"{args.data}: split {args.split!r} has no images")
+    frame = _box_frame(args)
     if args.baseline:
         if args.checkpoint:
             raise PhrasegroundError("give either --checkpoint or --baseline, not both")
         from ..eval.baselines import evaluate_baseline
 
-        result = evaluate_baseline(samples, args.baseline, args.protocol, seed=args.seed)
-        result = {"data": str(args.data), "split": args.split, **result}
+        result = evaluate_baseline(samples, args.baseline, args.protocol, seed=args.seed, box_frame=frame)
+        result = {"data": str(args.data), "split": args.split, "box_frame": frame, **result}
     else:
         if not args.checkpoint:
             raise PhrasegroundError("give --checkpoint CKPT (or --baseline center|random)")
@@ -93,11 +103,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         model, ckpt = model_from_checkpoint(Path(args.checkpoint))
         fs = build_feature_set(model, samples, progress=not args.quiet)
-        result = {"model": ckpt["model"], "checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split}
+        result = {"model": ckpt["model"], "checkpoint": str(args.checkpoint), "data": str(args.data),
+                  "split": args.split, "box_frame": frame}
         if args.task in ("grounding", "all"):
             from ..eval.grounding import evaluate_grounding
 
-            result["grounding"] = evaluate_grounding(model, fs, args.protocol, progress=not args.quiet)
+            result["grounding"] = evaluate_grounding(model, fs, args.protocol, progress=not args.quiet, box_frame=frame)
         if args.task in ("retrieval", "all"):
             from ..eval.retrieval_run import evaluate_retrieval
 
@@ -224,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", default="flickr30k", choices=["flickr30k", "index"])
     s.add_argument("--split", default="test")
     s.add_argument("--protocol", default="akbari2019", choices=["akbari2019", "engilberge2018", "tolerance15"])
+    s.add_argument("--box-frame", default="auto",
+                   choices=["auto", "flickr30k", "referit", "coco", "visual_genome", "xyxy"],
+                   help="akbari2019: the boxes as MultiGrounding's loader had them (auto: from the dataset)")
     s.add_argument("--task", default="grounding", choices=["grounding", "retrieval", "all"])
     s.add_argument("--fold-size", type=int, default=1000, help="images per fold for the 1k-fold retrieval average")
     s.add_argument("--seed", type=int, default=0, help="seed of the random baseline")

@@ -16,7 +16,7 @@ from ..predict import locate
 from ..io import safe_filename, write_json, write_text
 from ..train.checkpoint import model_from_checkpoint
 from ..train.config import default_config
-from ..train.data import build_feature_set, ensure_synthetic, load_split, tokenize
+from ..train.data import box_frame_of, build_feature_set, ensure_synthetic, load_split, tokenize
 from ..train.loop import train
 from ..viz import overlay, save_png
 
@@ -79,13 +79,15 @@ def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs:
     test = load_split(cfg.data, "test")
     fs = build_feature_set(best, test, cfg.train.feature_batch)
     protocol = cfg.train.val_protocol
-    result = evaluate_grounding(best, fs, protocol, progress=progress)
-    center = evaluate_baseline(test, "center", protocol)
-    rand = evaluate_baseline(test, "random", protocol, repeats=10, seed=0)
+    frame = box_frame_of(cfg.data)
+    result = evaluate_grounding(best, fs, protocol, progress=progress, box_frame=frame)
+    center = evaluate_baseline(test, "center", protocol, box_frame=frame)
+    rand = evaluate_baseline(test, "random", protocol, repeats=10, seed=0, box_frame=frame)
     pointing = result["pointing"]
     report: dict[str, Any] = {
         "model": model,
         "protocol": protocol,
+        "box_frame": frame,
         "pointing_accuracy": pointing["accuracy"],
         "box_accuracy": result["box"]["accuracy"],
         "attention_correctness": result["attention_correctness"]["attention_correctness"],

@@ -53,6 +53,7 @@ def evaluate_baseline(
     protocol: str | PointingProtocol = DEFAULT_PROTOCOL,
     repeats: int = 10,
     seed: int = 0,
+    box_frame: str = "xyxy",
 ) -> dict:
     """Pointing accuracy of a baseline over every phrase of every caption of ``samples``.
 
@@ -73,7 +74,7 @@ def evaluate_baseline(
         raise ConfigError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats!r}")
-    games = [PointingGame(protocol) for _ in range(1 if baseline == "center" else repeats)]
+    games = [PointingGame(protocol, box_frame) for _ in range(1 if baseline == "center" else repeats)]
     generator = torch.Generator().manual_seed(seed)
     for sample in samples:
         w, h = sample.width, sample.height

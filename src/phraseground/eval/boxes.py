@@ -160,10 +160,16 @@ class BoxAccuracy:
     boxes (MultiGrounding); ``accuracy_any_gt`` compares the union of the predicted boxes with
     the best-matching single GT box. Phrases are skipped as by the pointing protocol.
 
+    Heatmaps become boxes by the protocol's ``box_method`` (``akbari2019``: MultiGrounding's
+    ``heat2bbox`` with its 90 % filter, compared in the dataset's frame; the others: ``nms``,
+    ``heatmap_to_boxes`` with ``extraction``), unless ``box_method`` overrides it.
+
     Args:
         protocol: pointing protocol whose skip rules apply.
-        iou_threshold: smallest IoU that counts as a hit.
-        extraction: heatmap -> boxes settings.
+        iou_threshold: smallest IoU that counts as a hit (heat2bbox: MultiGrounding's 0.5 only).
+        extraction: heatmap -> boxes settings of the ``nms`` method.
+        box_frame: the dataset's frame for protocols that use MultiGrounding's frames.
+        box_method: ``heat2bbox`` | ``nms`` (None: the protocol's).
     """
 
     def __init__(
@@ -171,10 +177,14 @@ class BoxAccuracy:
         protocol: str | PointingProtocol = DEFAULT_PROTOCOL,
         iou_threshold: float = 0.5,
         extraction: BoxExtraction = BoxExtraction(),
+        box_frame: str = "xyxy",
+        box_method: str | None = None,
     ) -> None:
         if not 0 < iou_threshold <= 1:
             raise ConfigError(f"iou_threshold must lie in (0, 1], got {iou_threshold!r}")
         self.protocol = get_protocol(protocol)
+        self.box_frame = box_frame
+        self.box_method = box_method or self.protocol.box_method
         self.iou_threshold = iou_threshold
         self.extraction = extraction
         self._tally = Tally(("hit", "hit_any_gt"))
@@ -208,10 +218,21 @@ class BoxAccuracy:
         if (heatmap is None) == (boxes is None):
             raise ValueError("give exactly one of heatmap or boxes")
         check_image_size(width, height)
-        reason = skip_reason(phrase, width, height, self.protocol)
+        reason = skip_reason(phrase, width, height, self.protocol, self.box_frame)
         if reason is not None:
             self._tally.skip(reason)
             return None
+        if heatmap is not None and self.box_method == "heat2bbox" and self.iou_threshold == 0.5:
+            from phraseground.eval.akbari2019 import to_frame
+            from phraseground.eval.score import boxes_from_heatmap, resize_once
+
+            low, resized = resize_once(heatmap, width, height)
+            frame = to_frame(as_boxes(phrase.boxes).numpy(), width, height,
+                             self.box_frame if self.protocol.frames else "xyxy")
+            hit, pred = boxes_from_heatmap(low, resized, as_boxes(phrase.boxes), frame, width, height)
+            hit_any = bool(pred.shape[0]) and float(box_iou(union_box(pred)[None], as_boxes(phrase.boxes)).max()) >= 0.5
+            self._tally.add(phrase.types, {"hit": float(hit), "hit_any_gt": float(hit_any)})
+            return hit
         if heatmap is not None:
             pred, _ = heatmap_to_boxes(resize_heatmap(heatmap, width, height), **asdict(self.extraction))
         else:
@@ -244,14 +265,21 @@ class BoxAccuracy:
 
 
 class AttentionCorrectness:
-    """Mean share of the heatmap mass inside the GT boxes' pixels (``attention_share``).
+    """Mean attention correctness: the protocol's rule (``akbari2019``: MultiGrounding's
+    per-box sums in the dataset's frame, which can exceed 1; the others: ``attention_share``,
+    the share inside the union of the GT boxes' pixels), unless ``attention`` overrides it.
 
     Args:
         protocol: pointing protocol whose skip rules apply.
+        box_frame: the dataset's frame for protocols that use MultiGrounding's frames.
+        attention: ``per_box`` | ``union`` (None: the protocol's).
     """
 
-    def __init__(self, protocol: str | PointingProtocol = DEFAULT_PROTOCOL) -> None:
+    def __init__(self, protocol: str | PointingProtocol = DEFAULT_PROTOCOL, box_frame: str = "xyxy",
+                 attention: str | None = None) -> None:
         self.protocol = get_protocol(protocol)
+        self.box_frame = box_frame
+        self.attention = attention or self.protocol.attention
         self._tally = Tally(("share",))
 
     def reset(self) -> None:
@@ -265,11 +293,18 @@ class AttentionCorrectness:
             the phrase's share, or None when skipped.
         """
         check_image_size(width, height)
-        reason = skip_reason(phrase, width, height, self.protocol)
+        reason = skip_reason(phrase, width, height, self.protocol, self.box_frame)
         if reason is not None:
             self._tally.skip(reason)
             return None
-        share = attention_share(resize_heatmap(_non_negative(heatmap), width, height), phrase.boxes)
+        if self.attention == "per_box":
+            from phraseground.eval.akbari2019 import attention_correctness, resize, to_frame
+
+            frame = to_frame(as_boxes(phrase.boxes).numpy(), width, height,
+                             self.box_frame if self.protocol.frames else "xyxy")
+            share = attention_correctness(resize(check_heatmap(heatmap), width, height), frame.pixel)
+        else:
+            share = attention_share(resize_heatmap(_non_negative(heatmap), width, height), phrase.boxes)
         self._tally.add(phrase.types, {"share": share})
         return share
 

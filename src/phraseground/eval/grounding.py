@@ -35,7 +35,7 @@ def ground_captions(model: GroundingModel, fs, pairs: list[tuple[int, int]], tok
 
 @torch.no_grad()
 def evaluate_grounding(model: GroundingModel, fs, protocol: str = "akbari2019", batch_size: int = 64,
-                       boxes: bool = True, progress: bool = False) -> dict:
+                       boxes: bool = True, progress: bool = False, box_frame: str = "xyxy") -> dict:
     """Pointing game, box accuracy and attention correctness of ``model`` on a FeatureSet.
 
     Models that regress boxes are scored on their boxes (accuracy@IoU≥0.5) and on the
@@ -44,8 +44,8 @@ def evaluate_grounding(model: GroundingModel, fs, protocol: str = "akbari2019", 
     from ..train.data import tokenize
 
     model.eval()
-    pointing, attention = PointingGame(protocol), AttentionCorrectness(protocol)
-    box_acc = BoxAccuracy(protocol) if boxes else None
+    pointing, attention = PointingGame(protocol, box_frame), AttentionCorrectness(protocol, box_frame)
+    box_acc = BoxAccuracy(protocol, box_frame=box_frame) if boxes else None
     centre_pointing = None
     batches = caption_batches(fs.samples, batch_size)
     if progress:
@@ -62,7 +62,7 @@ def evaluate_grounding(model: GroundingModel, fs, protocol: str = "akbari2019", 
                 if res.boxes is not None:
                     b = res.boxes[k].float().cpu() * torch.tensor([s.width, s.height, s.width, s.height])
                     if centre_pointing is None:
-                        centre_pointing = PointingGame(protocol)
+                        centre_pointing = PointingGame(protocol, box_frame)
                     centre_pointing.update(phrase, s.width, s.height,
                                            point=(float(b[0] + b[2]) / 2, float(b[1] + b[3]) / 2))
                     if box_acc is not None:

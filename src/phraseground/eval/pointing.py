@@ -5,10 +5,12 @@ pixel ``(col, row)`` spans ``[col, col + 1) x [row, row + 1)`` and has its centr
 ``(col + 0.5, row + 0.5)``. Boxes follow ``phraseground.data.types`` (continuous pixel xyxy).
 
 Protocols (``PROTOCOLS``):
-    * ``akbari2019`` (default; MultiGrounding's evaluation): skip ``notvisual`` phrases,
-      phrases without boxes and phrases whose union GT box covers < 5 % of the image; the
-      heatmap is resized bilinearly to the image, its argmax pixel (first on ties) is the
-      answer, a hit when that pixel lies inside any GT box (``x0 <= col < x1``, ``y0 <= row < y1``).
+    * ``akbari2019`` (default; MultiGrounding's evaluation code, ``phraseground.eval.akbari2019``):
+      the GT boxes are first put in the frame MultiGrounding's loaders stored (``box_frame``);
+      skip ``notvisual`` phrases, phrases without boxes and phrases whose union GT box covers
+      < 5 % of the image; the heatmap is resized bilinearly to the image, its argmax pixel
+      (first on ties) is the answer, a hit when ``x0 <= col <= x1`` and ``y0 <= row <= y1``
+      for any GT box (right and bottom edges inside).
     * ``engilberge2018``: argmax on the low-resolution map, the point is that cell's centre
       scaled to image pixels, a hit when strictly inside a GT box (``x0 < x < x1``, ``y0 < y < y1``).
     * ``tolerance15`` (Zhang et al.'s pointing game): full-resolution argmax as in
@@ -38,7 +40,9 @@ from phraseground.eval.metrics import (
     union_box,
 )
 
-HitRule = Literal["pixel", "strict", "distance"]
+HitRule = Literal["inclusive", "pixel", "strict", "distance"]
+BoxMethod = Literal["heat2bbox", "nms"]
+AttentionRule = Literal["per_box", "union"]
 
 
 @dataclass(frozen=True)
@@ -49,12 +53,18 @@ class PointingProtocol:
         name: key in ``PROTOCOLS``.
         full_resolution: resize the heatmap bilinearly to the image before the argmax (else
             take the argmax of the map as given and scale its cell centre to the image).
-        hit_rule: ``"pixel"``: the pixel holding the point lies inside a box (``x0 <= col < x1``);
+        hit_rule: ``"inclusive"``: the pixel holding the point lies inside a box, edges included
+            (``x0 <= col <= x1``, MultiGrounding); ``"pixel"``: ``x0 <= col < x1``;
             ``"strict"``: ``x0 < x < x1`` and ``y0 < y < y1``; ``"distance"``: the point lies
             within ``tolerance`` pixels of a box.
         tolerance: largest hit distance in pixels for ``hit_rule="distance"``.
         min_union_frac: skip a phrase (reason ``"small_box"``) when its union GT box covers
             less than this share of the image area; 0 disables the filter.
+        box_method: heatmap -> boxes: ``"heat2bbox"`` (MultiGrounding's, with its 90 % filter)
+            or ``"nms"`` (``heatmap_to_boxes``: 3x3 peaks at full resolution, IoU suppression).
+        attention: ``"per_box"``: the map's share summed over each GT box (MultiGrounding; can
+            exceed 1) or ``"union"``: the share inside the union of the GT boxes' pixels.
+        frames: whether GT boxes are converted to the dataset's MultiGrounding frame first.
         reference: where the protocol comes from.
     """
 
@@ -63,6 +73,9 @@ class PointingProtocol:
     hit_rule: HitRule
     tolerance: float = 0.0
     min_union_frac: float = 0.0
+    box_method: BoxMethod = "nms"
+    attention: AttentionRule = "union"
+    frames: bool = False
     reference: str = ""
 
 
@@ -70,7 +83,8 @@ PROTOCOLS: dict[str, PointingProtocol] = {
     p.name: p
     for p in (
         PointingProtocol(
-            "akbari2019", full_resolution=True, hit_rule="pixel", min_union_frac=0.05,
+            "akbari2019", full_resolution=True, hit_rule="inclusive", min_union_frac=0.05,
+            box_method="heat2bbox", attention="per_box", frames=True,
             reference="Akbari et al., CVPR 2019 (MultiGrounding evaluation code)",
         ),
         PointingProtocol(
@@ -102,21 +116,48 @@ def get_protocol(protocol: str | PointingProtocol) -> PointingProtocol:
         ) from None
 
 
-def skip_reason(phrase: Phrase, width: int, height: int, protocol: str | PointingProtocol) -> str | None:
+def skip_reason(phrase: Phrase, width: int, height: int, protocol: str | PointingProtocol,
+                box_frame: str = "xyxy") -> str | None:
     """Why the protocol leaves this phrase out (``"notvisual"``, ``"no_box"``, ``"small_box"``), or None.
 
     Shared by every phrase-level metric so they all evaluate the same phrases.
     """
-    proto = get_protocol(protocol)
     if phrase.is_notvisual:
         return "notvisual"
-    if not phrase.boxes:
+    return box_skip_reason(phrase.boxes, width, height, protocol, box_frame)
+
+
+def box_skip_reason(boxes: BoxesLike, width: int, height: int, protocol: str | PointingProtocol,
+                    box_frame: str = "xyxy") -> str | None:
+    """``"no_box"``, ``"small_box"`` (union GT box under the protocol's share of the image,
+    measured in the protocol's frame) or None."""
+    proto = get_protocol(protocol)
+    b = as_boxes(boxes)
+    if not len(b):
         return "no_box"
     if proto.min_union_frac > 0:
-        x0, y0, x1, y1 = union_box(phrase.boxes).tolist()
-        if (x1 - x0) * (y1 - y0) / (width * height) < proto.min_union_frac:
+        if proto.frames:
+            from phraseground.eval.akbari2019 import to_frame
+
+            norm = torch.from_numpy(to_frame(b.numpy(), width, height, box_frame).norm)
+        else:
+            norm = b / torch.tensor([width, height, width, height], dtype=torch.float64)
+        x0, y0, x1, y1 = union_box(norm).tolist()
+        if (x1 - x0) * (y1 - y0) < proto.min_union_frac:
             return "small_box"
     return None
+
+
+def frame_boxes(boxes: BoxesLike, width: int, height: int, protocol: str | PointingProtocol,
+                box_frame: str = "xyxy") -> torch.Tensor:
+    """GT boxes as the protocol's hit test sees them (its frame's pixel boxes, else as given)."""
+    proto = get_protocol(protocol)
+    b = as_boxes(boxes)
+    if proto.frames and len(b):
+        from phraseground.eval.akbari2019 import to_frame
+
+        return torch.from_numpy(to_frame(b.numpy(), width, height, box_frame).pixel)
+    return b
 
 
 def pointing_point(
@@ -143,14 +184,20 @@ def pointing_point(
 
 
 def point_hits(point: tuple[float, float], boxes: BoxesLike, protocol: str | PointingProtocol = DEFAULT_PROTOCOL) -> bool:
-    """Whether ``point`` (x, y) in pixels is a hit for any of ``boxes`` under the protocol's rule."""
+    """Whether ``point`` (x, y) in pixels is a hit for any of ``boxes`` under the protocol's rule.
+
+    The boxes are tested as given: for ``akbari2019`` pass them through ``frame_boxes`` first.
+    """
     proto = get_protocol(protocol)
     x, y = (float(v) for v in point)
     if not (math.isfinite(x) and math.isfinite(y)):
         raise PhrasegroundError(f"point {point!r} is not finite")
     b = as_boxes(boxes)  # (K, 4)
     x0, y0, x1, y1 = b.unbind(dim=1)
-    if proto.hit_rule == "pixel":
+    if proto.hit_rule == "inclusive":
+        col, row = math.floor(x), math.floor(y)
+        inside = (x0 <= col) & (col <= x1) & (y0 <= row) & (row <= y1)
+    elif proto.hit_rule == "pixel":
         col, row = math.floor(x), math.floor(y)
         inside = (x0 <= col) & (col < x1) & (y0 <= row) & (row < y1)
     elif proto.hit_rule == "strict":
@@ -167,10 +214,13 @@ class PointingGame:
 
     Args:
         protocol: a name in ``PROTOCOLS`` or a PointingProtocol.
+        box_frame: the dataset's box frame for protocols that test MultiGrounding's frames
+            (``phraseground.eval.akbari2019.FRAMES``; ``"xyxy"``: the boxes as given).
     """
 
-    def __init__(self, protocol: str | PointingProtocol = DEFAULT_PROTOCOL) -> None:
+    def __init__(self, protocol: str | PointingProtocol = DEFAULT_PROTOCOL, box_frame: str = "xyxy") -> None:
         self.protocol = get_protocol(protocol)
+        self.box_frame = box_frame
         self._tally = Tally(("hit",))
 
     def reset(self) -> None:
@@ -200,13 +250,14 @@ class PointingGame:
         if (heatmap is None) == (point is None):
             raise ValueError("give exactly one of heatmap or point")
         check_image_size(width, height)
-        reason = skip_reason(phrase, width, height, self.protocol)
+        reason = skip_reason(phrase, width, height, self.protocol, self.box_frame)
         if reason is not None:
             self._tally.skip(reason)
             return None
         if heatmap is not None:
             point = pointing_point(heatmap, width, height, self.protocol)
-        hit = point is not None and point_hits(point, phrase.boxes, self.protocol)
+        gt = frame_boxes(phrase.boxes, width, height, self.protocol, self.box_frame)
+        hit = point is not None and point_hits(point, gt, self.protocol)
         self._tally.add(phrase.types, {"hit": float(hit)})
         return hit
 

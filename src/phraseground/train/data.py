@@ -36,6 +36,23 @@ def load_split(data: DataConfig, split: str) -> list[ImageSample]:
     raise ConfigError(f"unknown data format {data.format!r}; known: flickr30k, index")
 
 
+def box_frame_of(data: DataConfig) -> str:
+    """The dataset's box frame for ``akbari2019`` (``phraseground.eval.akbari2019.FRAMES``):
+    Flickr30k for the ``flickr30k`` format (the synthetic benchmark included), else the
+    dataset an index was prepared from."""
+    from ..eval.akbari2019 import frame_of_dataset
+
+    if data.format == "flickr30k":
+        return "flickr30k"
+    if data.format == "index":
+        from ..data.index import read_index
+
+        for name in ("test.json.gz", "test.json", "val.json.gz", "val.json", "train.json.gz", "train.json"):
+            if (Path(data.root) / name).is_file():
+                return frame_of_dataset(read_index(Path(data.root) / name)[1].get("dataset"))
+    return "xyxy"
+
+
 @dataclass
 class FeatureSet:
     """Samples with their frozen-backbone features, tap -> (N, C, h, w) in sample order."""

@@ -25,7 +25,8 @@ from ..io import write_text
 from ..models.registry import create_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
-from .data import FeatureSet, build_feature_set, ensure_synthetic, load_split, make_batch, tokenize, training_items
+from .data import (FeatureSet, box_frame_of, build_feature_set, ensure_synthetic, load_split, make_batch, tokenize,
+                   training_items)
 
 
 def _dist_info() -> tuple[int, int]:
@@ -195,7 +196,8 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
         state["step_in_epoch"] = 0
         scheduler.step()
         if rank == 0 and val_set is not None:
-            last_report = evaluate_grounding(model, val_set, tc.val_protocol, boxes=model.supervision == "full")
+            last_report = evaluate_grounding(model, val_set, tc.val_protocol, boxes=model.supervision == "full",
+                                             box_frame=box_frame_of(cfg.data))
             score = validation_score(model.supervision, last_report)
             _append_jsonl(log_path, {"epoch": epoch, "step": state["global_step"], "val_score": score,
                                      "val_pointing": last_report["pointing"]["accuracy"]})
