@@ -9,6 +9,7 @@ from PIL import Image
 
 from phraseground.app.cli import main
 from phraseground.data.flickr30k import read_flickr30k
+from phraseground.predict import check_record
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -58,15 +59,14 @@ def test_ground_writes_overlays_and_json(tiny_run, tiny_bench, tmp_path, capsys)
                           "--out", str(tmp_path / "g"))
     assert code == 0, err
     result = json.loads((tmp_path / "g" / "grounding.json").read_text())
-    assert result["box_format"] == "xyxy" and (result["width"], result["height"]) == (128, 128)
-    assert [p["phrase"] for p in result["phrases"]] == ["a red star", "a small blue square", "a circle"]
-    assert [p["span"] for p in result["phrases"]] == [[0, 3], [0, 4], [8, 10]]
-    for p in result["phrases"]:
+    check_record(result)
+    assert (result["image"], result["width"], result["height"]) == (str(image), 128, 128)
+    assert [p["label"] for p in result["predictions"]] == ["a red star", "a small blue square", "a circle"]
+    for p in result["predictions"]:
         assert p["level"] in ("c2", "c3", "c4")
-        x, y = p["point"]
-        assert 0 <= x <= 128 and 0 <= y <= 128
-        x0, y0, x1, y1 = p["box"]
-        assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128
+        assert 0 <= p["point"]["x"] <= 128 and 0 <= p["point"]["y"] <= 128
+        b = p["box"]
+        assert 0 <= b["xmin"] < b["xmax"] <= 128 and 0 <= b["ymin"] < b["ymax"] <= 128
         png = Image.open(tmp_path / "g" / p["overlay"])
         assert png.size == (128, 128)
 

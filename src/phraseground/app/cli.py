@@ -137,39 +137,10 @@ def _print_eval(result: dict) -> None:
         print("retrieval:", json.dumps(result["retrieval"].get("full", result["retrieval"]))[:400])
 
 
-def cmd_ground(args: argparse.Namespace) -> None:
-    from ..predict import Grounder, parse_bracketed
-    from ..viz import overlay, save_png
-    from ..data.images import load_image
+def cmd_ground(args: argparse.Namespace) -> int:
+    from .ground import run_ground
 
-    if not args.phrase and not args.sentence:
-        raise PhrasegroundError("give at least one --phrase or a --sentence")
-    requests: list[tuple[str, list[tuple[int, int]]]] = []
-    for p in args.phrase or []:
-        if not p.split():
-            raise PhrasegroundError("empty phrase: nothing to ground")
-        requests.append((p, [(0, len(p.split()))]))
-    if args.sentence:
-        requests.append(parse_bracketed(args.sentence))
-    grounder = Grounder(Path(args.checkpoint))
-    image = load_image(Path(args.image))  # fail early on a bad image, before anything is written
-    results = []
-    for text, spans in requests:
-        preds, (w, h) = grounder.ground(Path(args.image), text, spans)
-        results.extend(preds)
-    out = Path(args.out)
-    records = []
-    for k, p in enumerate(results):
-        name = safe_filename(p.phrase, k)
-        save_png(overlay(image, p.heatmap, p.point, p.box, p.phrase), out / name)
-        records.append({**p.to_json(), "overlay": name})
-        print(f"{p.phrase!r}: point {p.point and tuple(round(v, 1) for v in p.point)}, "
-              f"box {p.box and tuple(round(v, 1) for v in p.box)}, score {p.score:.3f}, level {p.level}")
-    write_json(out / "grounding.json", {
-        "image": str(args.image), "width": image.width, "height": image.height, "box_format": "xyxy",
-        "box_units": "pixels", "checkpoint": str(args.checkpoint), "model": grounder.ckpt["model"], "phrases": records,
-    })
-    print(f"wrote {len(records)} overlays and grounding.json to {out}")
+    return run_ground(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -246,13 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     _image_limit(s)
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("ground", help="ground phrases in an image with a checkpoint")
-    s.add_argument("image")
-    s.add_argument("--phrase", action="append", help="a phrase (repeatable)")
-    s.add_argument("--sentence", help="a sentence with phrases in [brackets] (whole sentence if none)")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--out", required=True, help="folder for grounding.json and one overlay PNG per phrase (created "
-                                                "with its missing parents; overlay names are made safe from the phrase)")
+    s = sub.add_parser("ground", help="ground phrases in an image, or in a batch of images, with a trained model")
+    from .ground import add_arguments
+
+    add_arguments(s)
+    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     _image_limit(s)
     s.set_defaults(func=cmd_ground)
 
@@ -276,14 +246,14 @@ def main(argv: list[str] | None = None) -> int:
             from ..data.images import set_max_pixels
 
             set_max_pixels(args.max_image_pixels)
-        args.func(args)
+        rc = args.func(args)
     except PhrasegroundError as e:
         print(f"phraseground: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("phraseground: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return int(rc or 0)
 
 
 if __name__ == "__main__":  # python -m phraseground.app.cli

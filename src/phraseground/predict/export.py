@@ -27,6 +27,7 @@ import torch
 from .. import __version__
 from ..encoders.vision import get_backbone_spec, load_state_file
 from ..errors import CheckpointError
+from ..io import write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +45,6 @@ def _portable(value: Any, key: str, dropped: list[str]) -> Any:
         dropped.append(key)
         return Path(value).name
     return value
-
-
-def _write(path: Path, write) -> None:
-    try:
-        from ..io import atomic_write
-    except ImportError:  # until phraseground/io.py lands
-        atomic_write = None
-    if atomic_write is not None:
-        with atomic_write(path, "wb") as f:
-            write(f)
-        return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def export_checkpoint(checkpoint: Path, out_dir: Path) -> dict[str, Any]:
@@ -99,12 +80,12 @@ def export_checkpoint(checkpoint: Path, out_dir: Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = save(state, metadata={"format": FORMAT, "model": model_name})
-    _write(out_dir / WEIGHTS, lambda f: f.write(data))
+    write_bytes(out_dir / WEIGHTS, data)
     if ckpt.get("vocab") is not None:
-        _write(out_dir / VOCAB, lambda f: f.write(json.dumps(list(ckpt["vocab"])).encode()))
+        write_json(out_dir / VOCAB, list(ckpt["vocab"]), indent=None)
     else:
         (out_dir / VOCAB).unlink(missing_ok=True)
-    _write(out_dir / CONFIG, lambda f: f.write((json.dumps(config, indent=2) + "\n").encode()))
+    write_json(out_dir / CONFIG, config)  # last: a folder with config.json is complete
     return config
 
 

@@ -184,7 +184,8 @@ class Grounder:
         return feats
 
     @torch.no_grad()
-    def _run(self, batch: list[_Prepared], heatmap: bool) -> list[dict[str, Any]]:
+    def run_prepared(self, batch: list[_Prepared], heatmap: bool = False) -> list[dict[str, Any]]:
+        """Ground prepared requests (``prepare``) in one backbone pass; one image record each."""
         with self._lock:
             feats = self._features([p.image for p in batch])
             self.stats["backbone_calls"] += 1
@@ -217,20 +218,24 @@ class Grounder:
         """Ground (image, phrases) requests in order, ``batch_size`` images per backbone pass.
 
         With ``return_errors`` a bad request yields its PhrasegroundError in its place and the
-        others go on; otherwise the error is raised.
+        others go on; otherwise the error is raised. A request may itself be a PhrasegroundError
+        (one that failed upstream, e.g. a malformed line): it is passed through in its place.
         """
         slots: list[_Prepared | PhrasegroundError] = []  # in request order
 
         def flush() -> Iterator[dict[str, Any] | PhrasegroundError]:
             ready = [s for s in slots if isinstance(s, _Prepared)]
-            out = iter(self._run(ready, heatmap) if ready else [])
+            out = iter(self.run_prepared(ready, heatmap) if ready else [])
             for s in slots:
                 yield s if isinstance(s, PhrasegroundError) else next(out)
             slots.clear()
 
         n_ready = 0
-        for image, phrases in requests:
+        for req in requests:
             try:
+                if isinstance(req, PhrasegroundError):
+                    raise req
+                image, phrases = req
                 slots.append(self.prepare(image, phrases))
                 n_ready += 1
             except PhrasegroundError as e:
