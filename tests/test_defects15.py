@@ -82,11 +82,12 @@ def test_2_same_picture_in_8_and_16_bits_grounds_the_same(tiny_run, tiny_bench, 
     Image.fromarray(grey).save(tmp_path / "g8.png")
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")
     assert Image.open(tmp_path / "g16.png").mode == "I;16"
-    g = Grounder(run / "best.pt")
+    g = Grounder.from_checkpoint(run / "best.pt", device="cpu")
     answers = []
     for name in ("g8.png", "g16.png"):
-        preds, size = g.ground(tmp_path / name, "a red star", [(0, 3)])
-        answers.append((size, preds[0].point, preds[0].box, round(preds[0].score, 5)))
+        rec = g(tmp_path / name, "a red star")
+        p = rec["predictions"][0]
+        answers.append(((rec["width"], rec["height"]), p["point"], p["box"], round(p["score"], 5)))
     assert answers[0] == answers[1]
 
 
