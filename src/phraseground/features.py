@@ -1,6 +1,14 @@
-"""Preprocessing and frozen-backbone feature extraction (images are opened by ``data.images.load_image``)."""
+"""Backbone features: what a model needs from its backbone (``FeatureSpec``) and the one object
+that turns images into those features (``FeatureExtractor``).
+
+The same extractor serves the disk feature store (``feature_store``), online training (the
+backbone inside the training step, ``data.features: online``) and the ``Grounder``, so the
+preprocessing (square resize, normalisation) and the resize of every tap to the model's grid are
+written once.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -8,24 +16,134 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from .data.images import load_image
-from .encoders.vision import BackboneSpec, TapExtractor
+from .encoders.vision import BackboneSpec, create_backbone, get_backbone_spec
+
+#: names the preprocessing below; part of every store fingerprint (change it when it changes)
+PREPROCESS = "rgb/square-resize-bilinear-pil/normalise/v1"
+
+
+def image_to_tensor(image: Image.Image, spec: BackboneSpec) -> torch.Tensor:
+    """One RGB image -> (3, S, S) float32, resized to the backbone's square input and normalised."""
+    s = spec.input_size
+    arr = np.asarray(image.convert("RGB").resize((s, s), Image.BILINEAR), dtype=np.float32)  # (S, S, 3)
+    x = torch.from_numpy(arr).permute(2, 0, 1) / 255.0  # (3, S, S)
+    mean = torch.tensor(spec.mean).view(3, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+    return (x - mean) / std
 
 
 def images_to_tensor(images: Sequence[Image.Image], spec: BackboneSpec) -> torch.Tensor:
     """Resize to the backbone's square input and normalise -> (B, 3, S, S) float32."""
-    s = spec.input_size
-    arr = np.stack([np.asarray(im.resize((s, s), Image.BILINEAR), dtype=np.float32) for im in images])  # (B, S, S, 3)
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2) / 255.0  # (B, 3, S, S)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return torch.stack([image_to_tensor(im, spec) for im in images])
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a model reads from its backbone.
+
+    Attributes:
+        backbone: a registered backbone name.
+        weights: "pretrained", a path to a weights file, or "random" (seeded, tests/benchmarks).
+        taps: the taps the model reads, in order.
+        grid: every tap is bilinearly resized to (grid, grid) when given; None keeps the native size.
+    """
+
+    backbone: str
+    weights: str
+    taps: tuple[str, ...]
+    grid: int | None = None
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "FeatureSpec":
+        """The feature needs of a grounding model."""
+        cfg = model.cfg
+        return cls(cfg.backbone, str(cfg.backbone_weights), tuple(model.feature_taps), model.feature_grid)
+
+    @property
+    def backbone_spec(self) -> BackboneSpec:
+        return get_backbone_spec(self.backbone)
+
+
+#: random backbone weights are drawn from this seed, so that "random" names one set of weights
+RANDOM_WEIGHTS_SEED = 0
+
+
+def build_backbone(spec: FeatureSpec) -> nn.Module:
+    """The frozen tap extractor of ``spec`` (random weights drawn from a fixed seed)."""
+    if spec.weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            return create_backbone(spec.backbone, "random", list(spec.taps))
+    return create_backbone(spec.backbone, spec.weights, list(spec.taps))
+
+
+class FeatureExtractor(nn.Module):
+    """Images -> the features a model needs, on any device.
+
+    ``preprocess`` runs on CPU (in DataLoader workers); ``forward`` runs the backbone on a
+    preprocessed batch and resizes every tap to the grid. The backbone is frozen
+    (``requires_grad`` False) until ``set_trainable(True)`` (online fine-tuning).
+    """
+
+    def __init__(self, spec: FeatureSpec, device: torch.device | str = "cpu", backbone: nn.Module | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.backbone_spec = spec.backbone_spec
+        self.backbone = backbone if backbone is not None else build_backbone(spec)
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.backbone.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """(3, S, S) float32 input of one image."""
+        return image_to_tensor(image, self.backbone_spec)
+
+    def set_trainable(self, trainable: bool) -> None:
+        """Fine-tune (True: gradients, train-mode batch norm) or freeze (False: eval mode) the backbone."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(trainable)
+        self.backbone.train(trainable)
+
+    def train(self, mode: bool = True) -> "FeatureExtractor":
+        # a frozen backbone stays in eval mode (batch-norm statistics) whatever the caller's mode
+        trainable = any(p.requires_grad for p in self.backbone.parameters())
+        super().train(mode and trainable)
+        return self
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, S, S) preprocessed images -> {tap: (B, C, h, w)} float32 (h = w = grid when set)."""
+        feats = self.backbone(images.to(self.device, non_blocking=True))
+        if self.spec.grid is not None:
+            g = self.spec.grid
+            feats = {t: f if f.shape[-2:] == (g, g) else F.interpolate(f, size=(g, g), mode="bilinear", align_corners=False)
+                     for t, f in feats.items()}
+        return {t: feats[t] for t in self.spec.taps}
+
+    @torch.no_grad()
+    def extract(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        """Features of PIL images (no gradient)."""
+        return self(torch.stack([self.preprocess(im) for im in images]))
+
+    @torch.no_grad()
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """tap -> (C, h, w) of one image (one forward pass of a blank image)."""
+        s = self.backbone_spec.input_size
+        was = self.backbone.training
+        self.backbone.eval()
+        out = self(torch.zeros(1, 3, s, s))
+        self.backbone.train(was)
+        return {t: tuple(f.shape[1:]) for t, f in out.items()}
 
 
 @torch.no_grad()
 def extract_features(
-    backbone: TapExtractor,
+    backbone: nn.Module,
     spec: BackboneSpec,
     image_paths: Sequence[Path],
     grid: int | None = None,
@@ -35,18 +153,15 @@ def extract_features(
     dtype: torch.dtype = torch.float16,
     sizes: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Run the frozen backbone over images.
+    """Features of every image held in RAM, tap -> (N, C, h, w) in ``image_paths`` order.
+
+    Only for small sets (``data.features: memory``); the disk store is the default.
 
     Args:
-        grid: when given, every tap is bilinearly resized to (grid, grid) here, once.
-        dtype: storage type of the returned features (float16 halves the memory).
-        sizes: per image the annotated ``(width, height)``; an EXIF-rotated image whose
-            annotation matches its stored frame is used in that frame (``load_image``'s ``expect_size``).
-
-    Returns:
-        tap -> (N, C, h, w) features, in the order of ``image_paths``.
+        sizes: per image the annotated ``(width, height)`` (``load_image``'s ``expect_size``:
+            an EXIF-rotated image whose annotation matches its stored frame is used in that frame).
     """
-    backbone = backbone.to(device)
+    extractor = FeatureExtractor(FeatureSpec(spec.name, "given", tuple(backbone.taps), grid), device, backbone)
     chunks: dict[str, list[torch.Tensor]] = {t: [] for t in backbone.taps}
     starts = range(0, len(image_paths), batch_size)
     if progress:
@@ -56,9 +171,6 @@ def extract_features(
     for i in starts:
         batch = [load_image(p, expect_size=None if sizes is None else sizes[i + j])
                  for j, p in enumerate(image_paths[i : i + batch_size])]
-        x = images_to_tensor(batch, spec).to(device)
-        for tap, f in backbone(x).items():
-            if grid is not None:
-                f = F.interpolate(f, size=(grid, grid), mode="bilinear", align_corners=False)
+        for tap, f in extractor.extract(batch).items():
             chunks[tap].append(f.to("cpu", dtype))
     return {t: torch.cat(c) for t, c in chunks.items()}

@@ -99,10 +99,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if not args.checkpoint:
             raise PhrasegroundError("give --checkpoint CKPT (or --baseline center|random)")
         from ..train.checkpoint import model_from_checkpoint
-        from ..train.data import build_feature_set
+        from ..train.config import DataConfig
+        from ..train.data import features_for
 
         model, ckpt = model_from_checkpoint(Path(args.checkpoint))
-        fs = build_feature_set(model, samples, progress=not args.quiet)
+        data = DataConfig(root=str(args.data), format=args.format, feature_store=args.store or "",
+                          feature_rebuild=args.rebuild)
+        fs = features_for(model, samples, data, args.split, progress=not args.quiet, quiet=args.quiet)
         result = {"model": ckpt["model"], "checkpoint": str(args.checkpoint), "data": str(args.data),
                   "split": args.split, "box_frame": frame}
         if args.task in ("grounding", "all"):
@@ -212,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", default="grounding", choices=["grounding", "retrieval", "all"])
     s.add_argument("--fold-size", type=int, default=1000, help="images per fold for the 1k-fold retrieval average")
     s.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    s.add_argument("--store", default=None, metavar="DIR",
+                   help="feature store root (default: a folder 'features' beside --data); missing features are extracted")
+    s.add_argument("--rebuild", action="store_true", help="re-extract corrupted or truncated store shards")
     s.add_argument("--json", help="write the full report to this file (missing folders are created)")
     s.add_argument("--quiet", action="store_true")
     _image_limit(s)

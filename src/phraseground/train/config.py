@@ -25,6 +25,14 @@ class DataConfig:
     synthetic_seed: int = 0
     synthetic_size: int = 128
     max_image_pixels: int = 0  # refuse larger images (decompression bombs); 0: the process default (data/images.py)
+    # frozen-backbone features: "store" (extracted once to a disk store, read by memory mapping),
+    # "memory" (extracted into RAM at every run; small sets only) or "online" (see README)
+    features: str = "store"
+    feature_store: str = ""  # store root; empty: a folder "features" beside the data (<parent of root>/features)
+    feature_verify: str = "checksum"  # "checksum": sha256 of every shard when a store is opened; "size": sizes only
+    feature_rebuild: bool = False  # re-extract corrupted or truncated shards instead of stopping
+    feature_shard_mb: float = 1024  # shard size of a new store
+    workers: int = -1  # DataLoader workers decoding images (-1: 0 on CPU, up to 8 with CUDA)
 
 
 @dataclass

@@ -8,9 +8,8 @@ import torch
 
 from ..data.flickr30k import read_flickr30k
 from ..data.types import ImageSample
-from ..encoders.vision import create_backbone, get_backbone_spec
 from ..errors import ConfigError
-from ..features import extract_features
+from ..features import FeatureSpec, build_backbone, extract_features
 from ..io import write_text
 from ..models.base import GroundingModel, TrainBatch
 from .config import DataConfig
@@ -64,17 +63,43 @@ class FeatureSet:
         idx = torch.as_tensor(image_indices, dtype=torch.long)
         return {t: f[idx].to(device, torch.float32) for t, f in self.features.items()}
 
+    def __len__(self) -> int:
+        return len(self.samples)
+
 
 def build_feature_set(model: GroundingModel, samples: list[ImageSample], batch_size: int = 64,
                       device: str = "cpu", progress: bool = False) -> FeatureSet:
-    """Run the model's frozen backbone over the samples' images once."""
-    cfg = model.cfg
-    spec = get_backbone_spec(cfg.backbone)
-    backbone = create_backbone(cfg.backbone, cfg.backbone_weights, model.feature_taps)
-    feats = extract_features(backbone, spec, [s.image_path for s in samples], grid=model.feature_grid,
-                             batch_size=batch_size, device=device, progress=progress,
-                             sizes=[(s.width, s.height) for s in samples])
+    """Run the model's frozen backbone over the samples' images once, into RAM (small sets only)."""
+    spec = FeatureSpec.of(model)
+    feats = extract_features(build_backbone(spec), spec.backbone_spec, [s.image_path for s in samples], grid=spec.grid,
+                             batch_size=batch_size, device=device, progress=progress)
     return FeatureSet(samples, feats)
+
+
+def store_root(data: DataConfig) -> Path:
+    """The feature store root of a data config: ``data.feature_store``, else ``features`` beside the data."""
+    if data.feature_store:
+        return Path(data.feature_store)
+    if not data.root:
+        raise ConfigError("data.feature_store is empty and there is no data.root to put the store beside")
+    return Path(data.root).resolve().parent / "features"
+
+
+def features_for(model: GroundingModel, samples: list[ImageSample], data: DataConfig, label: str = "",
+                 device: torch.device | str = "cpu", batch_size: int = 64, progress: bool = False,
+                 quiet: bool = False):
+    """The features object of ``samples`` for ``model``: the disk store of ``data.features: store``
+    (reused, resumed or extracted; see ``feature_store``), or features in RAM for ``memory``."""
+    if data.features == "memory":
+        return build_feature_set(model, samples, batch_size, device, progress)
+    if data.features not in ("store", "online"):
+        raise ConfigError(f"data.features must be 'store', 'memory' or 'online', got {data.features!r}")
+    from ..feature_store import open_store
+
+    return open_store(store_root(data), FeatureSpec.of(model), [s.image_path for s in samples], samples=samples,
+                      label=label, device=device, batch_size=batch_size, workers=None if data.workers < 0 else data.workers,
+                      shard_mb=data.feature_shard_mb, verify=data.feature_verify, rebuild=data.feature_rebuild,
+                      quiet=quiet, progress=progress)
 
 
 def union_box_fraction(sample: ImageSample, boxes: tuple) -> list[float]:

@@ -25,7 +25,7 @@ from ..io import write_text
 from ..models.registry import create_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
-from .data import (FeatureSet, box_frame_of, build_feature_set, ensure_synthetic, load_split, make_batch, tokenize,
+from .data import (FeatureSet, box_frame_of, ensure_synthetic, features_for, load_split, make_batch, tokenize,
                    training_items)
 
 
@@ -111,10 +111,20 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
     torch.manual_seed(tc.seed)
     model = create_model(cfg.model, vocab=vocab, **cfg.model_args).to(device)
     if train_set is None:
-        train_set = build_feature_set(model, train_samples, tc.feature_batch, tc.device, progress and rank == 0)
+        def train_features(quiet: bool):
+            return features_for(model, train_samples, cfg.data, cfg.data.train_split, device, tc.feature_batch,
+                                progress and not quiet, quiet or not progress)
+
+        if rank == 0:  # rank 0 extracts what is missing; the others then open the finished store
+            train_set = train_features(False)
+        if world > 1:
+            dist.barrier()
+        if rank != 0:
+            train_set = train_features(True)
     if val_set is None and rank == 0 and cfg.data.val_split:
         val_samples = load_split(cfg.data, cfg.data.val_split)[: tc.val_max_images]
-        val_set = build_feature_set(model, val_samples, tc.feature_batch, tc.device, False)
+        val_set = features_for(model, val_samples, cfg.data, cfg.data.val_split, device, tc.feature_batch,
+                               False, not progress)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
