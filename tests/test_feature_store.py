@@ -159,3 +159,22 @@ def test_a_full_disk_during_extraction_is_one_clear_error(images, tmp_path):
     assert not any(p.name.startswith(".") for p in folder.iterdir())  # no temporary file left
     resumed = _open(tmp_path, images, batch_size=2, quiet=True)  # the rerun (disk freed) finishes it
     assert len(resumed) == 20
+
+
+def test_features_command_then_train_reuses_the_store(tiny_bench, tmp_path):
+    from conftest import tiny_overrides
+    from phraseground.train.config import load_config
+    from phraseground.train.loop import train
+
+    store = tmp_path / "store"
+    sets = [a for o in tiny_overrides(tiny_bench) for a in ("--set", o)]
+    done = subprocess.run([sys.executable, "-m", "phraseground.cli", "features", *sets, "--device", "auto",
+                           "--out", str(store)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "train: 20 images" in done.stdout and "val: 1 images" in done.stdout
+    assert "img/s" in done.stderr  # the progress bar
+    stamps = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
+    cfg = load_config(None, tiny_overrides(tiny_bench, **{"data.feature_store": str(store), "train.epochs": 1}))
+    train(cfg, tmp_path / "run", progress=False)
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == stamps  # train and validation reused both stores

@@ -345,7 +345,7 @@ def open_store(
     if manifest is None:
         extractor = extractor or FeatureExtractor(spec, device)
         layout = _Layout.from_shapes(extractor.output_shapes())
-        per_shard = shard_images or max(1, int(shard_mb * 1e6) // layout.bytes_per_image)
+        per_shard = shard_images or min(4096, max(1, int(shard_mb * 1e6) // layout.bytes_per_image))
         manifest = {
             "fingerprint": fp, "n_images": len(lines), "shard_images": per_shard, "batch_size": batch_size,
             "layout": {t: list(s) for t, s in layout.taps.items()}, "bytes_per_image": layout.bytes_per_image,

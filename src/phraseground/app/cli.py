@@ -1,4 +1,4 @@
-"""The ``phraseground`` command: synth, prepare, train, evaluate, ground, demo.
+"""The ``phraseground`` command: synth, prepare, features, train, evaluate, ground, demo.
 
 Bad input (files, options, checkpoints) ends with one ``phraseground: error: ...`` line on
 stderr and exit status 2.
@@ -65,6 +65,46 @@ def cmd_train(args: argparse.Namespace) -> None:
     best = summary["best_score"]
     print(f"trained {cfg.model}: {summary['epochs']} epochs, {summary['steps']} steps, "
           f"{summary['train_seconds']:.0f} s; best validation score {best:.4f}; checkpoints in {args.out}")
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PhrasegroundError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def cmd_features(args: argparse.Namespace) -> None:
+    from ..feature_store import human_bytes
+    from ..features import FeatureSpec
+    from ..train.config import load_config
+    from ..train.data import ensure_synthetic, features_for, load_split, store_root
+
+    cfg = load_config(args.config, args.set)
+    if args.out:
+        cfg.data.feature_store = str(args.out)
+    if args.workers is not None:
+        cfg.data.workers = args.workers
+    cfg.data.feature_rebuild = cfg.data.feature_rebuild or args.rebuild
+    if cfg.data.features == "memory":
+        cfg.data.features = "store"
+    if not cfg.data.root:  # the embedded default: the benchmark is generated beside the store
+        if not args.out:
+            raise PhrasegroundError("the config has no data.root (the embedded benchmark): give --out DIR")
+        cfg.data.root = str(ensure_synthetic(cfg.data, Path(args.out) / "synthetic", not args.quiet))
+    spec = FeatureSpec.from_config(cfg.model, cfg.model_args)
+    device = _device(args.device)
+    splits = args.split or [s for s in (cfg.data.train_split, cfg.data.val_split) if s]
+    for split in splits:
+        samples = load_split(cfg.data, split)
+        t = time.time()
+        store = features_for(spec, samples, cfg.data, split, device, args.batch_size or cfg.train.feature_batch,
+                             progress=not args.quiet, quiet=args.quiet)
+        print(f"{split}: {len(store)} images, {human_bytes(store.nbytes)} in {store.path} ({time.time() - t:.1f} s)")
+    print(f"feature store root: {store_root(cfg.data)}")
 
 
 def _samples_for(data: str, split: str, fmt: str):
@@ -201,6 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     _image_limit(s)
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("features", help="extract a config's frozen-backbone features into the disk store")
+    s.add_argument("--config", default=None, help="YAML config (default: the built-in defaults)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. data.root=/data/pg/coco")
+    s.add_argument("--split", action="append", default=None, help="split(s) to extract (default: the config's train and val splits)")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    s.add_argument("--out", default=None, metavar="DIR", help="store root (default: data.feature_store, else 'features' beside the data)")
+    s.add_argument("--batch-size", type=int, default=None, help="images per backbone forward (default: train.feature_batch)")
+    s.add_argument("--workers", type=int, default=None, help="DataLoader workers decoding images (default: 0 on CPU, up to 8 on CUDA)")
+    s.add_argument("--rebuild", action="store_true", help="re-extract corrupted or truncated shards")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_features)
 
     s = sub.add_parser("evaluate", help="evaluate a checkpoint or a baseline on a dataset split")
     s.add_argument("--checkpoint")

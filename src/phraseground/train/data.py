@@ -70,10 +70,8 @@ class FeatureSet:
 def build_feature_set(model: GroundingModel, samples: list[ImageSample], batch_size: int = 64,
                       device: str = "cpu", progress: bool = False) -> FeatureSet:
     """Run the model's frozen backbone over the samples' images once, into RAM (small sets only)."""
-    spec = FeatureSpec.of(model)
-    feats = extract_features(build_backbone(spec), spec.backbone_spec, [s.image_path for s in samples], grid=spec.grid,
-                             batch_size=batch_size, device=device, progress=progress)
-    return FeatureSet(samples, feats)
+    return features_for(model, samples, DataConfig(features="memory"), device=device, batch_size=batch_size,
+                        progress=progress)
 
 
 def store_root(data: DataConfig) -> Path:
@@ -85,18 +83,22 @@ def store_root(data: DataConfig) -> Path:
     return Path(data.root).resolve().parent / "features"
 
 
-def features_for(model: GroundingModel, samples: list[ImageSample], data: DataConfig, label: str = "",
+def features_for(model: GroundingModel | FeatureSpec, samples: list[ImageSample], data: DataConfig, label: str = "",
                  device: torch.device | str = "cpu", batch_size: int = 64, progress: bool = False,
                  quiet: bool = False):
-    """The features object of ``samples`` for ``model``: the disk store of ``data.features: store``
-    (reused, resumed or extracted; see ``feature_store``), or features in RAM for ``memory``."""
+    """The features object of ``samples`` for ``model`` (or its ``FeatureSpec``): the disk store
+    of ``data.features: store`` (reused, resumed or extracted; see ``feature_store``), or
+    features in RAM for ``memory``."""
+    spec = model if isinstance(model, FeatureSpec) else FeatureSpec.of(model)
     if data.features == "memory":
-        return build_feature_set(model, samples, batch_size, device, progress)
+        feats = extract_features(build_backbone(spec), spec.backbone_spec, [s.image_path for s in samples], grid=spec.grid,
+                                 batch_size=batch_size, device=device, progress=progress)
+        return FeatureSet(samples, feats)
     if data.features not in ("store", "online"):
         raise ConfigError(f"data.features must be 'store', 'memory' or 'online', got {data.features!r}")
     from ..feature_store import open_store
 
-    return open_store(store_root(data), FeatureSpec.of(model), [s.image_path for s in samples], samples=samples,
+    return open_store(store_root(data), spec, [s.image_path for s in samples], samples=samples,
                       label=label, device=device, batch_size=batch_size, workers=None if data.workers < 0 else data.workers,
                       shard_mb=data.feature_shard_mb, verify=data.feature_verify, rebuild=data.feature_rebuild,
                       quiet=quiet, progress=progress)

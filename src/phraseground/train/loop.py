@@ -122,9 +122,10 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
         if rank != 0:
             train_set = train_features(True)
     if val_set is None and rank == 0 and cfg.data.val_split:
-        val_samples = load_split(cfg.data, cfg.data.val_split)[: tc.val_max_images]
+        val_samples = load_split(cfg.data, cfg.data.val_split)  # the whole split's store (as `features` writes it)
         val_set = features_for(model, val_samples, cfg.data, cfg.data.val_split, device, tc.feature_batch,
                                False, not progress)
+        val_set.samples = val_samples[: tc.val_max_images]  # validation reads the first images only
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
