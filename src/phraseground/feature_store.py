@@ -37,7 +37,9 @@ import torch
 
 from .errors import PhrasegroundError
 from .io import atomic_write, write_bytes
-from .features import PREPROCESS, RANDOM_WEIGHTS_SEED, FeatureExtractor, FeatureSpec, load_image
+from .data.images import load_image
+from .encoders.vision import BackboneSpec
+from .features import PREPROCESS, RANDOM_WEIGHTS_SEED, FeatureExtractor, FeatureSpec, image_to_tensor
 
 STORE_VERSION = 1
 DTYPE = np.float16
@@ -50,10 +52,6 @@ class FeatureStoreError(PhrasegroundError):
 
 
 # ----------------------------------------------------------------------------- small helpers
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    write_bytes(path, data)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -99,7 +97,7 @@ def weights_identity(spec: FeatureSpec, cache_dir: Path | None = None) -> dict[s
         if cache is not None:
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_bytes(cache, json.dumps(known, indent=1).encode())
+                write_bytes(cache, json.dumps(known, indent=1).encode())
             except OSError:
                 pass  # a read-only store root: the hash is recomputed next time
     return {"sha256": known[key]}
@@ -265,18 +263,20 @@ def _shard_state(path: Path, k: int, n_rows: int, row_bytes: int, verify: str) -
     return None
 
 
-class _ImageDataset(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[Path], extractor: FeatureExtractor) -> None:
+class ImageDataset(torch.utils.data.Dataset):
+    """Preprocessed images for a DataLoader: item i is the (3, S, S) input of image i."""
+
+    def __init__(self, paths: Sequence[Path], spec: BackboneSpec, sizes: Sequence[tuple[int, int]] | None = None) -> None:
         self.paths = list(paths)
-        self.spec = extractor.backbone_spec
+        self.spec = spec
+        self.sizes = list(sizes) if sizes is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from .features import image_to_tensor
-
-        return image_to_tensor(load_image(self.paths[i]), self.spec)
+        image = load_image(self.paths[i], expect_size=None if self.sizes is None else self.sizes[i])
+        return image_to_tensor(image, self.spec)
 
 
 def _default_workers(device: torch.device) -> int:
@@ -297,6 +297,7 @@ def open_store(
     image_paths: Sequence[Path],
     *,
     samples: list | None = None,
+    sizes: Sequence[tuple[int, int]] | None = None,
     label: str = "",
     device: torch.device | str = "cpu",
     batch_size: int = 32,
@@ -314,6 +315,8 @@ def open_store(
 
     Args:
         root: the store root (``data.feature_store``); one folder per fingerprint inside.
+        samples: the samples of the images (``FeatureStore.samples``).
+        sizes: per image the annotated ``(width, height)`` (EXIF handling of ``load_image``).
         label: a readable part of the folder name (the split).
         batch_size, workers, shard_mb, shard_images: extraction settings of a new store (a store
             being resumed keeps its own); ``workers`` None: 0 on CPU, up to 8 on CUDA.
@@ -384,10 +387,10 @@ def open_store(
     _check_disk(path, missing_images * row_bytes, quiet)
     _remove_garbage(path, n_shards)
     if not manifest_path.is_file():
-        _atomic_bytes(path / _IMAGES, ("\n".join(lines) + "\n").encode())
-        _atomic_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+        write_bytes(path / _IMAGES, ("\n".join(lines) + "\n").encode())
+        write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
     extractor = extractor or FeatureExtractor(spec, device)
-    _extract_shards(path, extractor, list(image_paths), todo, per_shard, int(manifest["batch_size"]), layout,
+    _extract_shards(path, extractor, ImageDataset(image_paths, extractor.backbone_spec, sizes), todo, per_shard, int(manifest["batch_size"]), layout,
                     _default_workers(device) if workers is None else workers, progress and not quiet)
     return FeatureStore(path, manifest, samples)
 
@@ -418,15 +421,15 @@ def _remove_garbage(path: Path, n_shards: int) -> None:
             p.unlink()
 
 
-def _extract_shards(path: Path, extractor: FeatureExtractor, image_paths: list[Path], shards: list[int], per_shard: int,
+def _extract_shards(path: Path, extractor: FeatureExtractor, dataset: ImageDataset, shards: list[int], per_shard: int,
                     batch_size: int, layout: _Layout, workers: int, progress: bool) -> None:
-    n = len(image_paths)
+    n = len(dataset)
     batches = []  # (shard, [image indices]) in order, aligned to shard starts
     for k in shards:
         start, end = k * per_shard, min((k + 1) * per_shard, n)
         batches.extend((k, list(range(i, min(i + batch_size, end)))) for i in range(start, end, batch_size))
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(image_paths, extractor), batch_sampler=[b for _, b in batches], num_workers=workers,
+        dataset, batch_sampler=[b for _, b in batches], num_workers=workers,
         pin_memory=extractor.device.type == "cuda", persistent_workers=False)
     bar = None
     if progress:
@@ -439,7 +442,7 @@ def _extract_shards(path: Path, extractor: FeatureExtractor, image_paths: list[P
     def finish() -> None:
         writer.__exit__(None, None, None)
         size = (path / _shard_name(current)).stat().st_size
-        _atomic_bytes(path / _marker_name(current), json.dumps({"images": rows, "bytes": size, "sha256": digest.hexdigest()}).encode())
+        write_bytes(path / _marker_name(current), json.dumps({"images": rows, "bytes": size, "sha256": digest.hexdigest()}).encode())
 
     try:
         with torch.no_grad():

@@ -92,13 +92,15 @@ def features_for(model: GroundingModel | FeatureSpec, samples: list[ImageSample]
     spec = model if isinstance(model, FeatureSpec) else FeatureSpec.of(model)
     if data.features == "memory":
         feats = extract_features(build_backbone(spec), spec.backbone_spec, [s.image_path for s in samples], grid=spec.grid,
-                                 batch_size=batch_size, device=device, progress=progress)
+                                 batch_size=batch_size, device=device, progress=progress,
+                                 sizes=[(s.width, s.height) for s in samples])
         return FeatureSet(samples, feats)
     if data.features not in ("store", "online"):
         raise ConfigError(f"data.features must be 'store', 'memory' or 'online', got {data.features!r}")
     from ..feature_store import open_store
 
     return open_store(store_root(data), spec, [s.image_path for s in samples], samples=samples,
+                      sizes=[(s.width, s.height) for s in samples],
                       label=label, device=device, batch_size=batch_size, workers=None if data.workers < 0 else data.workers,
                       shard_mb=data.feature_shard_mb, verify=data.feature_verify, rebuild=data.feature_rebuild,
                       quiet=quiet, progress=progress)
