@@ -16,6 +16,15 @@ def tiny_bench(tmp_path_factory) -> Path:
     return root
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous in parallel test runs)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tiny_overrides(root: Path, **extra: object) -> list[str]:
     """A small mlmcs run on ``root``: D = 16, M = 4, batch 4, 2 epochs."""
     values = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import free_port, tiny_overrides
 from phraseground.errors import CheckpointError, ConfigError
 from phraseground.train.checkpoint import load_checkpoint, model_from_checkpoint
 from phraseground.train.config import load_config
@@ -137,7 +137,7 @@ def test_torchrun_two_processes(tiny_bench, tmp_path):
     """DDP with gloo on 2 CPU processes: trains, rank 0 writes the checkpoints."""
     sets = [a for o in tiny_overrides(tiny_bench, **{"train.epochs": 1}) for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PG_BACKEND": "gloo"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "phraseground.app.cli", "train", "--out", str(tmp_path), "--quiet", *sets]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
