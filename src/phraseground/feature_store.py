@@ -38,7 +38,7 @@ import torch
 from .errors import PhrasegroundError
 from .io import atomic_write, write_bytes
 from .data.images import load_image
-from .encoders.vision import BackboneSpec
+from .encoders.vision import BackboneSpec, sha256_file
 from .features import PREPROCESS, RANDOM_WEIGHTS_SEED, FeatureExtractor, FeatureSpec, image_to_tensor
 
 STORE_VERSION = 1
@@ -52,14 +52,6 @@ class FeatureStoreError(PhrasegroundError):
 
 
 # ----------------------------------------------------------------------------- small helpers
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -93,7 +85,7 @@ def weights_identity(spec: FeatureSpec, cache_dir: Path | None = None) -> dict[s
         except (OSError, ValueError):
             known = {}
     if key not in known:
-        known[key] = _sha256(path)
+        known[key] = sha256_file(path)
         if cache is not None:
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +250,7 @@ def _shard_state(path: Path, k: int, n_rows: int, row_bytes: int, verify: str) -
     size = data.stat().st_size
     if size != info.get("bytes") or size != expected or info.get("images") != n_rows:
         return f"truncated or wrong size ({size} bytes, expected {expected})"
-    if verify == "checksum" and _sha256(data) != info.get("sha256"):
+    if verify == "checksum" and sha256_file(data) != info.get("sha256"):
         return "corrupted (sha256 mismatch)"
     return None
 
