@@ -89,6 +89,10 @@ def cmd_features(args: argparse.Namespace) -> None:
     if args.workers is not None:
         cfg.data.workers = args.workers
     cfg.data.feature_rebuild = cfg.data.feature_rebuild or args.rebuild
+    if cfg.data.max_image_pixels and args.max_image_pixels is None:
+        from ..data.images import set_max_pixels
+
+        set_max_pixels(cfg.data.max_image_pixels)
     if cfg.data.features == "memory":
         cfg.data.features = "store"
     if not cfg.data.root:  # the embedded default: the benchmark is generated beside the store
@@ -252,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="DataLoader workers decoding images (default: 0 on CPU, up to 8 on CUDA)")
     s.add_argument("--rebuild", action="store_true", help="re-extract corrupted or truncated shards")
     s.add_argument("--quiet", action="store_true")
+    _image_limit(s)
     s.set_defaults(func=cmd_features)
 
     s = sub.add_parser("evaluate", help="evaluate a checkpoint or a baseline on a dataset split")
