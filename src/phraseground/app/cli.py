@@ -67,17 +67,8 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"{summary['train_seconds']:.0f} s; best validation score {best:.4f}; checkpoints in {args.out}")
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PhrasegroundError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
-
-
 def cmd_features(args: argparse.Namespace) -> None:
+    from ..device import resolve_device
     from ..feature_store import human_bytes
     from ..features import FeatureSpec
     from ..train.config import load_config
@@ -100,7 +91,7 @@ def cmd_features(args: argparse.Namespace) -> None:
             raise PhrasegroundError("the config has no data.root (the embedded benchmark): give --out DIR")
         cfg.data.root = str(ensure_synthetic(cfg.data, Path(args.out) / "synthetic", not args.quiet))
     spec = FeatureSpec.from_config(cfg.model, cfg.model_args)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     splits = args.split or [s for s in (cfg.data.train_split, cfg.data.val_split) if s]
     for split in splits:
         samples = load_split(cfg.data, split)
