@@ -123,8 +123,11 @@ def test_demo_end_to_end_small(tmp_path, capsys):
         assert key in report
     assert set(report["baselines"]) >= {"center", "random"}
     assert report["n_phrases"] == report["hits"] + report["misses"] > 0
-    assert (tmp_path / "d" / "report.md").is_file() and report["overlays"]
-    assert all((tmp_path / "d" / "overlays" / name).is_file() for name in report["overlays"])
+    assert {"report.md", "report.html", "report_files/overlays.png", "report_files/learning_curve.png",
+            "report_files/per_type.png"} <= set(report["report_files"])
+    assert all((tmp_path / "d" / name).is_file() for name in report["report_files"])
+    html = (tmp_path / "d" / "report.html").read_text()
+    assert "<h2>Learning curve</h2>" in html and "<h2>Worst misses</h2>" in html and "data:image/png;base64," in html
 
 
 def test_prepare_reports_problems_and_writes_an_index(tmp_path, capsys):

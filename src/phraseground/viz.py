@@ -1,45 +1,95 @@
-"""Heatmap overlays: the heatmap blended on the image, the max point marked, the box drawn."""
+"""Heatmap overlays: the heatmap blended on the image in a perceptually uniform colour map
+(magma), the ground-truth boxes in cyan, the predicted point and box in lime, an optional label
+whose size follows the image's."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from matplotlib import colormaps
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .io import atomic_write
 
+COLOUR_MAP = "magma"
+GT_COLOUR = (0, 229, 255)  # cyan: not a colour of magma, so it stands out on any heat
+PRED_COLOUR = (118, 255, 3)  # lime
+Box = tuple[float, float, float, float]
 
-def overlay(image: Image.Image, heatmap: torch.Tensor, point: tuple[float, float] | None = None,
-            box: tuple[float, float, float, float] | None = None, label: str | None = None,
-            alpha: float = 0.5) -> Image.Image:
+
+def display_scale(width: int, height: int, min_side: int = 256, max_side: int = 1024) -> float:
+    """Factor that brings an image to display size: small images up (integer factors, so pixels
+    stay square) until the short side reaches ``min_side``; large ones down to ``max_side``."""
+    short, long = min(width, height), max(width, height)
+    if short < min_side:
+        return float(min(math.ceil(min_side / short), max(1, max_side // long)))
+    if long > max_side:
+        return max_side / long
+    return 1.0
+
+
+def _font(size: int):
+    return ImageFont.load_default(size=max(8, size))
+
+
+def overlay(image: Image.Image, heatmap: torch.Tensor | None, point: tuple[float, float] | None = None,
+            box: Box | None = None, label: str | None = None, alpha: float = 0.6,
+            gt_boxes: Sequence[Box] = ()) -> Image.Image:
     """Blend a non-negative heatmap (already at the image's size, (H, W)) on the image, with an
-    opacity growing with the heat (``alpha`` at the peak).
+    opacity growing with the heat (``alpha`` at the peak); ``None`` draws the marks only.
 
-    The point is marked with a white-ringed dot, the box (pixel xyxy) drawn in white, the label
-    written on a dark strip at the top.
+    Ground-truth boxes (pixel xyxy) are drawn in cyan, the predicted box in lime, the point as a
+    lime dot ringed in black; line widths, the dot and the label follow the image size.
     """
-    hm = heatmap.detach().float().clamp_min(0).cpu().numpy()
-    if hm.shape != (image.height, image.width):
-        raise ValueError(f"heatmap {hm.shape} does not match the image {(image.height, image.width)}")
-    peak = hm.max()
-    norm = hm / peak if peak > 0 else hm
-    colour = (colormaps["jet"](norm)[..., :3] * 255).astype(np.float32)  # (H, W, 3)
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    a = (alpha * np.sqrt(norm))[..., None]  # (H, W, 1): cold regions keep the image visible
-    out = Image.fromarray((base * (1 - a) + colour * a).astype(np.uint8))
+    if heatmap is not None:
+        hm = heatmap.detach().float().clamp_min(0).cpu().numpy()
+        if hm.shape != (image.height, image.width):
+            raise ValueError(f"heatmap {hm.shape} does not match the image {(image.height, image.width)}")
+        peak = hm.max()
+        norm = hm / peak if peak > 0 else hm
+        colour = (colormaps[COLOUR_MAP](norm)[..., :3] * 255).astype(np.float32)  # (H, W, 3)
+        a = (alpha * np.sqrt(norm))[..., None]  # (H, W, 1): cold regions keep the image visible
+        base = base * (1 - a) + colour * a
+    out = Image.fromarray(base.round().clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
-    r = max(3, min(image.size) // 40)
+    side = min(image.size)
+    line = max(1, round(side / 110))
+    for g in gt_boxes:
+        draw.rectangle([g[0], g[1], g[2] - 1, g[3] - 1], outline=GT_COLOUR, width=line)
     if box is not None:
-        draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(255, 255, 255), width=max(1, r // 2))
+        draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=PRED_COLOUR, width=line)
     if point is not None:
+        r = max(3, round(side / 45))
         x, y = point
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 0, 0), outline=(255, 255, 255), width=max(1, r // 3))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=PRED_COLOUR, outline=(0, 0, 0), width=max(1, r // 3))
     if label:
-        draw.rectangle([0, 0, out.width, 12], fill=(0, 0, 0))
-        draw.text((2, 0), label[:120], fill=(255, 255, 255))
+        font = _font(round(side / 18))
+        text = label[:120]
+        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+        pad = max(2, (y1 - y0) // 4)
+        draw.rectangle([0, 0, out.width, y1 + 2 * pad], fill=(0, 0, 0))
+        draw.text((pad, pad), text, fill=(255, 255, 255), font=font)
     return out
+
+
+def display_overlay(image: Image.Image, heatmap: torch.Tensor | None, point: tuple[float, float] | None = None,
+                    box: Box | None = None, label: str | None = None, gt_boxes: Sequence[Box] = (),
+                    min_side: int = 256, max_side: int = 1024) -> Image.Image:
+    """``overlay`` at display size (``display_scale``): the image resized, the heatmap (any
+    resolution) resized bilinearly to it, points and boxes (pixels of the original) scaled."""
+    from .eval.metrics import resize_heatmap
+
+    f = display_scale(image.width, image.height, min_side, max_side)
+    w, h = max(1, round(image.width * f)), max(1, round(image.height * f))
+    shown = image if f == 1 else image.resize((w, h), Image.BICUBIC if f > 1 else Image.LANCZOS)
+    hm = None if heatmap is None else resize_heatmap(heatmap.detach().float().cpu(), w, h)
+    return overlay(shown, hm, point=point and (point[0] * f, point[1] * f),
+                   box=box and tuple(v * f for v in box), label=label,
+                   gt_boxes=[tuple(v * f for v in g) for g in gt_boxes])
 
 
 def save_png(image: Image.Image, path: Path) -> None:

@@ -2,23 +2,19 @@
 evaluate it on the test split beside the centre and random baselines, write a report and overlays."""
 from __future__ import annotations
 
-import json
 import resource
 import time
 from pathlib import Path
 from typing import Any
 
-from ..data.images import load_image
 from ..eval.baselines import evaluate_baseline
-from ..eval.grounding import evaluate_grounding, ground_captions
-from ..eval.metrics import resize_heatmap
-from ..predict import locate
-from ..io import safe_filename, write_json, write_text
+from ..eval.grounding import evaluate_grounding
+from ..io import write_json
 from ..train.checkpoint import model_from_checkpoint
 from ..train.config import default_config
-from ..train.data import box_frame_of, build_feature_set, ensure_synthetic, load_split, tokenize
+from ..train.data import box_frame_of, build_feature_set, ensure_synthetic, load_split
 from ..train.loop import train
-from ..viz import overlay, save_png
+from .report import model_heatmaps, phrase_records, write_report
 
 
 def _demo_overrides(images: int | None, epochs: int | None, overrides: list[str] | None) -> list[str]:
@@ -30,41 +26,10 @@ def _demo_overrides(images: int | None, epochs: int | None, overrides: list[str]
     return out
 
 
-def _overlays(model, fs, out: Path, n_images: int = 4) -> list[str]:
-    """Overlay PNGs of every phrase of the first caption of the first test images."""
-    written = []
-    pairs = [(i, 0) for i in range(min(n_images, len(fs.samples)))]
-    for (i, c), res in zip(pairs, ground_captions(model, fs, pairs, tokenize)):
-        s = fs.samples[i]
-        image = load_image(s.image_path, expect_size=(s.width, s.height))
-        for k, phrase in enumerate(s.captions[c].phrases):
-            _, point, box = locate(res.heatmaps[k], None if res.boxes is None else res.boxes[k], s.width, s.height)
-            name = safe_filename(phrase.text, f"{s.image_id}_{k}")
-            save_png(overlay(image.resize((s.width * 3, s.height * 3)),
-                             resize_heatmap(res.heatmaps[k].float(), s.width * 3, s.height * 3),
-                             point and (point[0] * 3, point[1] * 3), box and [v * 3 for v in box], phrase.text),
-                     out / name)
-            written.append(name)
-    return written
-
-
-def _report_md(r: dict[str, Any]) -> str:
-    lines = [
-        f"# phraseground demo: `{r['model']}` on the synthetic benchmark", "",
-        f"Test split: {r['n_images']} images, {r['n_phrases']} phrases evaluated "
-        f"(skipped: {', '.join(f'{k} {v}' for k, v in r['skipped'].items()) or 'none'}); protocol `{r['protocol']}`.", "",
-        "| | pointing accuracy |", "|---|---|",
-        f"| {r['model']} | **{r['pointing_accuracy']:.4f}** |",
-        f"| centre baseline | {r['baselines']['center']:.4f} |",
-        f"| random baseline (mean of {r['baselines']['random_repeats']}) | {r['baselines']['random']:.4f} |", "",
-        f"Box accuracy (IoU ≥ 0.5): {r['box_accuracy']:.4f}. Attention correctness: {r['attention_correctness']:.4f}.", "",
-        "Per phrase type (pointing): " + ", ".join(f"{t} {v['accuracy']:.3f}" for t, v in r["per_type"].items()), "",
-        f"Training: {r['train_seconds']:.0f} s; whole demo {r['total_seconds']:.0f} s; peak memory {r['peak_memory_mb']:.0f} MB.", "",
-        f"Overlays: `overlays/` ({len(r['overlays'])} files). Checkpoint: `{r['checkpoint']}`.",
-    ]
-    if "retrieval" in r:
-        lines += ["", "Retrieval (full test split): " + json.dumps(r["retrieval"])]
-    return "\n".join(lines) + "\n"
+def per_type_table(model: str, pointing: dict, center: dict, rand: dict) -> dict[str, dict[str, float | None]]:
+    """``{system: {phrase type: pointing accuracy}}`` of the model and the two baselines."""
+    return {name: {t: v["accuracy"] for t, v in rep["per_type"].items()}
+            for name, rep in ((model, pointing), ("centre baseline", center), ("random baseline", rand))}
 
 
 def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs: int | None = None,
@@ -109,9 +74,12 @@ def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs:
         from ..eval.retrieval_run import evaluate_retrieval
 
         report["retrieval"] = evaluate_retrieval(best, fs, fold_size=len(test))
-    report["overlays"] = _overlays(best, fs, out / "overlays")
+    records = phrase_records(best, fs, protocol)
     report["total_seconds"] = time.time() - t0
     report["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["title"] = f"phraseground demo: {model} on the synthetic benchmark"
+    drawn = write_report(out, report, records, test, heatmap_fn=model_heatmaps(best, fs),
+                         log_path=out / "run" / "log.jsonl", per_type=per_type_table(model, pointing, center, rand))
+    report["report_files"] = drawn["files"]
     write_json(out / "report.json", report)
-    write_text(out / "report.md", _report_md(report))
     return report
