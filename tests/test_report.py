@@ -158,3 +158,35 @@ def test_report_without_heatmaps_or_log(tmp_path):
     drawn = write_report(tmp_path / "r", summary, _records(samples), samples)
     assert drawn["plots"] == ["Overlays", "Worst misses"]
     assert re.search(r"<figcaption class='miss'>MISS · a blue square", (tmp_path / "r" / "report.html").read_text())
+
+
+def test_evaluate_report_of_a_trained_checkpoint(tiny_run, tiny_bench, tmp_path, capsys):
+    from phraseground.app.cli import main
+    from phraseground.data.flickr30k import read_flickr30k
+    from phraseground.eval.pointing import frame_boxes, point_hits, skip_reason
+
+    run, _ = tiny_run
+    out = tmp_path / "rep"
+    code = main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(tiny_bench), "--split", "test",
+                 "--report", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    assert page.h2[:2] == ["Learning curve", "Pointing accuracy per phrase type"]  # log.jsonl beside best.pt
+    assert "Overlays" in page.h2 and "Worst misses" in page.h2
+    samples = {s.image_id: s for s in read_flickr30k(tiny_bench, "test")[0]}
+    assert page.figures
+    for fig, cap in zip(page.figures, page.captions):  # each title agrees with the harness's own rules
+        s = samples[fig["data-image"]]
+        phrase = s.captions[int(fig["data-caption"])].phrases[int(fig["data-phrase"])]
+        reason = skip_reason(phrase, s.width, s.height, "akbari2019", "flickr30k")
+        assert cap.split(" · ")[1].startswith(phrase.text[:30])
+        if reason:
+            assert fig["data-status"] == "skipped" and cap.startswith(f"SKIPPED ({reason})")
+        else:
+            point = tuple(map(float, fig["data-point"].split(","))) if "data-point" in fig else None
+            gt = frame_boxes(phrase.boxes, s.width, s.height, "akbari2019", "flickr30k")
+            hit = point is not None and point_hits(point, gt, "akbari2019")
+            assert fig["data-status"] == ("hit" if hit else "miss") and cap.startswith("HIT" if hit else "MISS")
+    code = main(["evaluate", "--baseline", "center", "--data", str(tiny_bench), "--report", str(out)])
+    assert code == 2 and "--report needs --checkpoint" in capsys.readouterr().err

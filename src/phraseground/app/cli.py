@@ -126,6 +126,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.baseline:
         if args.checkpoint:
             raise PhrasegroundError("give either --checkpoint or --baseline, not both")
+        if args.report:
+            raise PhrasegroundError("--report needs --checkpoint (a baseline has no overlays)")
         from ..eval.baselines import evaluate_baseline
 
         result = evaluate_baseline(samples, args.baseline, args.protocol, seed=args.seed, box_frame=frame)
@@ -147,6 +149,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             from ..eval.grounding import evaluate_grounding
 
             result["grounding"] = evaluate_grounding(model, fs, args.protocol, progress=not args.quiet, box_frame=frame)
+            if args.report:
+                from .report import evaluation_report
+
+                evaluation_report(Path(args.report), model, fs, result["grounding"], ckpt["model"],
+                                  Path(args.checkpoint), seed=args.seed, box_frame=frame)
+                print(f"report: {Path(args.report) / 'report.html'}, {Path(args.report) / 'report.md'}")
         if args.task in ("retrieval", "all"):
             from ..eval.retrieval_run import evaluate_retrieval
 
@@ -190,7 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
           f"pointing accuracy {report['pointing_accuracy']:.4f} (centre baseline {report['baselines']['center']:.4f}, "
           f"random {report['baselines']['random']:.4f}), box accuracy {report['box_accuracy']:.4f}; "
           f"trained in {report['train_seconds']:.0f} s, total {report['total_seconds']:.0f} s")
-    print(f"report: {Path(args.out) / 'report.json'}, {Path(args.out) / 'report.md'}; overlays in {Path(args.out) / 'overlays'}")
+    print(f"report: {Path(args.out) / 'report.html'}, {Path(args.out) / 'report.md'}, {Path(args.out) / 'report.json'}")
 
 
 def _image_limit(s: argparse.ArgumentParser) -> None:
@@ -267,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature store root (default: a folder 'features' beside --data); missing features are extracted")
     s.add_argument("--rebuild", action="store_true", help="re-extract corrupted or truncated store shards")
     s.add_argument("--json", help="write the full report to this file (missing folders are created)")
+    s.add_argument("--report", metavar="DIR", help="write report.html and report.md (plots, overlay grids) into DIR")
     s.add_argument("--quiet", action="store_true")
     _image_limit(s)
     s.set_defaults(func=cmd_evaluate)

@@ -14,7 +14,7 @@ from ..train.checkpoint import model_from_checkpoint
 from ..train.config import default_config
 from ..train.data import box_frame_of, build_feature_set, ensure_synthetic, load_split
 from ..train.loop import train
-from .report import model_heatmaps, phrase_records, write_report
+from .report import headline, report_for_model
 
 
 def _demo_overrides(images: int | None, epochs: int | None, overrides: list[str] | None) -> list[str]:
@@ -24,12 +24,6 @@ def _demo_overrides(images: int | None, epochs: int | None, overrides: list[str]
     if epochs is not None:
         out.append(f"train.epochs={epochs}")
     return out
-
-
-def per_type_table(model: str, pointing: dict, center: dict, rand: dict) -> dict[str, dict[str, float | None]]:
-    """``{system: {phrase type: pointing accuracy}}`` of the model and the two baselines."""
-    return {name: {t: v["accuracy"] for t, v in rep["per_type"].items()}
-            for name, rep in ((model, pointing), ("centre baseline", center), ("random baseline", rand))}
 
 
 def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs: int | None = None,
@@ -48,21 +42,8 @@ def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs:
     result = evaluate_grounding(best, fs, protocol, progress=progress, box_frame=frame)
     center = evaluate_baseline(test, "center", protocol, box_frame=frame)
     rand = evaluate_baseline(test, "random", protocol, repeats=10, seed=0, box_frame=frame)
-    pointing = result["pointing"]
     report: dict[str, Any] = {
-        "model": model,
-        "protocol": protocol,
-        "box_frame": frame,
-        "pointing_accuracy": pointing["accuracy"],
-        "box_accuracy": result["box"]["accuracy"],
-        "attention_correctness": result["attention_correctness"]["attention_correctness"],
-        "baselines": {"center": center["accuracy"], "random": rand["accuracy"], "random_repeats": rand["repeats"]},
-        "n_images": len(test),
-        "n_phrases": pointing["n_evaluated"],
-        "hits": pointing["hits"],
-        "misses": pointing["misses"],
-        "skipped": pointing["skipped"],
-        "per_type": pointing["per_type"],
+        **headline(model, result, center, rand, len(test), frame),
         "train_seconds": summary["train_seconds"],
         "epochs": summary["epochs"],
         "checkpoint": str(out / "run" / "best.pt"),
@@ -74,12 +55,10 @@ def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs:
         from ..eval.retrieval_run import evaluate_retrieval
 
         report["retrieval"] = evaluate_retrieval(best, fs, fold_size=len(test))
-    records = phrase_records(best, fs, protocol)
     report["total_seconds"] = time.time() - t0
     report["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report["title"] = f"phraseground demo: {model} on the synthetic benchmark"
-    drawn = write_report(out, report, records, test, heatmap_fn=model_heatmaps(best, fs),
-                         log_path=out / "run" / "log.jsonl", per_type=per_type_table(model, pointing, center, rand))
+    drawn = report_for_model(out, best, fs, report, center, rand, log_path=out / "run" / "log.jsonl")
     report["report_files"] = drawn["files"]
     write_json(out / "report.json", report)
     return report

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from ..data.types import ImageSample
+from ..io import write_bytes, write_text
 from ..viz import GT_COLOUR, PRED_COLOUR, display_overlay
 
 PLOTS = "report_files"  # folder of the PNGs that report.md links to
@@ -339,8 +340,10 @@ def _html(summary: dict, plots: list[tuple[str, bytes]], grids: dict[str, list[t
         parts.append(f"<div class='grid' data-grid='{esc(heading)}'>")
         for rec, title_text, png in items:
             s = status(rec)
+            pt = rec.get("point")
+            where = f" data-point='{pt['x']:.2f},{pt['y']:.2f}'" if pt else ""
             parts.append(f"<figure class='{s}' data-status='{s}' data-image='{esc(str(rec['image_id']))}'"
-                         f" data-caption='{int(rec['caption_index'])}' data-phrase='{int(rec['phrase_index'])}'>"
+                         f" data-caption='{int(rec['caption_index'])}' data-phrase='{int(rec['phrase_index'])}'{where}>"
                          f"<img alt='{esc(title_text)}' src='{_data_uri(png)}'>"
                          f"<figcaption class='{s}'>{esc(title_text)}</figcaption></figure>")
         parts.append("</div>")
@@ -369,8 +372,6 @@ def write_report(out_dir: Path, summary: dict, records: Sequence[dict], samples:
     Returns:
         what was drawn: ``{"plots": [...], "grid": [titles], "worst": [titles], "files": [...]}``.
     """
-    from ..io import write_bytes, write_text
-
     out_dir = Path(out_dir)
     (out_dir / PLOTS).mkdir(parents=True, exist_ok=True)
     by_id = {str(s.image_id): s for s in samples}
@@ -418,26 +419,84 @@ def _off(record: dict, by_id: dict[str, ImageSample]) -> str:
     return "no answer" if math.isinf(d) else f"{d * math.hypot(s.width, s.height):.0f} px off"
 
 
+# ----------------------------------------------------------------------------- from an evaluation
+
+
+def headline(model_name: str, result: dict, center: dict, rand: dict, n_images: int,
+             box_frame: str = "xyxy") -> dict:
+    """The summary fields of ``write_report`` from ``evaluate_grounding``'s result and the two
+    baselines' reports on the same phrases."""
+    pointing = result["pointing"]
+    return {
+        "model": model_name,
+        "protocol": pointing["protocol"],
+        "box_frame": box_frame,
+        "pointing_accuracy": pointing["accuracy"],
+        "box_accuracy": result.get("box", {}).get("accuracy"),
+        "attention_correctness": result.get("attention_correctness", {}).get("attention_correctness"),
+        "baselines": {"center": center["accuracy"], "random": rand["accuracy"], "random_repeats": rand["repeats"]},
+        "n_images": n_images,
+        "n_phrases": pointing["n_evaluated"],
+        "hits": pointing["hits"],
+        "misses": pointing["misses"],
+        "skipped": pointing["skipped"],
+        "per_type": pointing["per_type"],
+    }
+
+
+def per_type_table(summary: dict, center: dict, rand: dict) -> dict[str, dict[str, float | None]]:
+    """``{system: {phrase type: pointing accuracy}}`` of the model and the two baselines."""
+    return {name: {t: v["accuracy"] for t, v in per_type.items()}
+            for name, per_type in ((summary["model"], summary["per_type"]), ("centre baseline", center["per_type"]),
+                                   ("random baseline", rand["per_type"]))}
+
+
+def report_for_model(out_dir: Path, model, fs, summary: dict, center: dict, rand: dict,
+                     log_path: Path | None = None) -> dict[str, Any]:
+    """``write_report`` for a model evaluated on a FeatureSet (records and overlays from the model)."""
+    records = phrase_records(model, fs, summary["protocol"], summary.get("box_frame", "xyxy"))
+    return write_report(out_dir, summary, records, fs.samples, heatmap_fn=model_heatmaps(model, fs),
+                        log_path=log_path, per_type=per_type_table(summary, center, rand))
+
+
+def evaluation_report(out_dir: Path, model, fs, result: dict, model_name: str, checkpoint: Path,
+                      seed: int = 0, box_frame: str = "xyxy") -> dict[str, Any]:
+    """``evaluate --report DIR``: the baselines on the same phrases, then the report; the learning
+    curve comes from the ``log.jsonl`` beside the checkpoint, when there is one."""
+    from ..eval.baselines import evaluate_baseline
+
+    protocol = result["pointing"]["protocol"]
+    center = evaluate_baseline(fs.samples, "center", protocol, box_frame=box_frame)
+    rand = evaluate_baseline(fs.samples, "random", protocol, repeats=10, seed=seed, box_frame=box_frame)
+    summary = {**headline(model_name, result, center, rand, len(fs.samples), box_frame), "checkpoint": str(checkpoint),
+               "title": f"phraseground evaluation: {model_name}"}
+    return report_for_model(out_dir, model, fs, summary, center, rand, Path(checkpoint).parent / "log.jsonl")
+
+
 # ----------------------------------------------------------------------------- records from a model
 # Until the evaluation runner (eval/) hands out its per-phrase records, these build the same
 # fields from the model and the harness's protocol functions.
 
 
-def phrase_records(model, fs, protocol: str = "akbari2019", batch_size: int = 64) -> list[dict]:
-    """One evaluation record per phrase of every caption of a FeatureSet."""
+def phrase_records(model, fs, protocol: str = "akbari2019", box_frame: str = "xyxy",
+                   batch_size: int = 64) -> list[dict]:
+    """One evaluation record per phrase of every caption of a FeatureSet (hit and skip exactly
+    as the pointing game decides them)."""
     from ..eval.grounding import caption_batches, ground_captions
-    from ..eval.pointing import point_hits, pointing_point, skip_reason
+    from ..eval.pointing import PointingGame, pointing_point, skip_reason
     from ..train.data import tokenize
 
     out = []
+    game = PointingGame(protocol, box_frame)
     model.eval()
     for pairs in caption_batches(fs.samples, batch_size):
         for (i, c), res in zip(pairs, ground_captions(model, fs, pairs, tokenize)):
             s = fs.samples[i]
             for k, phrase in enumerate(s.captions[c].phrases):
-                reason = skip_reason(phrase, s.width, s.height, protocol)
-                point = pointing_point(res.heatmaps[k].float().cpu(), s.width, s.height, protocol)
-                hit = None if reason else (point is not None and point_hits(point, phrase.boxes, protocol))
+                hm = res.heatmaps[k].float().cpu()
+                reason = skip_reason(phrase, s.width, s.height, protocol, box_frame)
+                point = pointing_point(hm, s.width, s.height, protocol)
+                hit = game.update(phrase, s.width, s.height, heatmap=hm)
                 out.append({"image_id": s.image_id, "caption_index": c, "phrase_index": k, "label": phrase.text,
                             "types": list(phrase.types),
                             "point": {"x": point[0], "y": point[1]} if point else None,
