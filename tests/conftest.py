@@ -28,7 +28,7 @@ def free_port() -> int:
 def tiny_overrides(root: Path, **extra: object) -> list[str]:
     """A small mlmcs run on ``root``: D = 16, M = 4, batch 4, 2 epochs."""
     values = {
-        "data.root": str(root), "model_args.dim": 16, "model_args.grid": 4, "model_args.text_dim": 16,
+        "data.root": str(root), "model_args.dim": 16, "model_args.grid": 4, "model_args.word_dim": 16,
         "train.batch_size": 4, "train.epochs": 2, "train.lr_milestones": "[1]", "train.val_max_images": 1,
         "train.checkpoint_every": 3, "train.caption_sampling": "all",
     }

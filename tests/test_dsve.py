@@ -16,7 +16,7 @@ from phraseground.data.types import Caption, ImageSample
 from phraseground.errors import ConfigError, WeightsNotFoundError
 from phraseground.eval.retrieval import retrieval_metrics
 from phraseground.eval.retrieval_run import chance_recall, evaluate_retrieval, similarity_matrix
-from phraseground.models.base import GroundingModel, TrainBatch
+from phraseground.models.base import GroundingModel, SupportsRetrieval, TrainBatch
 from phraseground.models.dsve import above_mean, triplet_ranking_loss, weldon_pool
 from phraseground.models.registry import build_config, create_model
 from phraseground.train.data import FeatureSet
@@ -194,9 +194,11 @@ def test_config_validation():
         create_model("dsve", vocab=VOCAB, text_encoder="elmo")
     with pytest.raises(ConfigError, match="localize_k"):
         create_model("dsve", vocab=VOCAB, dim=8, localize_k=9)
-    with pytest.raises(ConfigError, match="no tap 'conv5'"):
-        create_model("dsve", vocab=VOCAB, tap="conv5")
-    with pytest.raises(ConfigError, match="unknown dsve option"):
+    with pytest.raises(ConfigError, match=r"no tap\(s\) \['conv5'\]"):
+        create_model("dsve", vocab=VOCAB, taps=["conv5"])
+    with pytest.raises(ConfigError, match="exactly 1 tap"):
+        create_model("dsve", vocab=VOCAB, taps=["c3", "c4"])
+    with pytest.raises(ConfigError, match="model_args.hidden: unknown option"):
         create_model("dsve", vocab=VOCAB, hidden=3)
 
 
@@ -225,7 +227,7 @@ def _write_table(tmp_path: Path, fmt: str) -> dict:
 @pytest.mark.parametrize("fmt", ["word2vec_bin", "word2vec_text", "glove", "npy"])
 def test_word_table_in_each_format(tmp_path, fmt):
     model = small_model(text_encoder="word_table", text_encoder_args=_write_table(tmp_path, fmt)).eval()
-    words = model.words
+    words = model.text
     assert words.word_dim == 3 and not words.embedding.weight.requires_grad  # the table stays frozen
     assert "zebra" not in words.vocab  # restricted to the training vocabulary
     for w in ("red", "star", "square"):
@@ -242,13 +244,13 @@ def test_missing_word_table_names_the_file(tmp_path):
 
 
 # ---------------------------------------------------------------- retrieval runs
-class _Embeddings(GroundingModel):
+class _Embeddings(GroundingModel, SupportsRetrieval):
     """Images carry their embedding as a 1×1 feature map; text "i" embeds as row i of a table."""
 
     model_name = "fake"
 
     def __init__(self, text_table: torch.Tensor) -> None:
-        super().__init__()
+        super().__init__(None)
         self.table = nn.Parameter(text_table)
 
     def embed_images(self, features):
@@ -258,11 +260,12 @@ class _Embeddings(GroundingModel):
         return self.table[[int(t[0]) for t in tokens]]
 
 
-class _SimilarityOnly(GroundingModel):
+class _SimilarityOnly(GroundingModel, SupportsRetrieval):
     model_name = "fake_sim"
+    separable = False
 
     def __init__(self, inner: _Embeddings) -> None:
-        super().__init__()
+        super().__init__(None)
         self.inner = inner
 
     def retrieval_similarity(self, features, tokens):
@@ -294,7 +297,7 @@ def test_similarity_matrix_both_interfaces_agree_with_naive_product():
         model_name = "nothing"
 
         def __init__(self):
-            super().__init__()
+            super().__init__(None)
             self.p = nn.Parameter(torch.zeros(1))
 
     with pytest.raises(ConfigError, match="cannot rank"):
@@ -331,7 +334,7 @@ def test_chance_recall_matches_enumerating_every_ranking():
 
 # ---------------------------------------------------------------- end to end
 def test_train_two_epochs_with_the_shared_loop(tiny_bench, tmp_path):
-    from phraseground.train.checkpoint import model_from_checkpoint
+    from phraseground.models.checkpoint import model_from_checkpoint
     from phraseground.train.config import load_config
     from phraseground.train.data import load_split, training_items
     from phraseground.train.loop import train

@@ -68,7 +68,7 @@ def test_batch_softmax_loss_hand_computed():
 
 def _model(**kw):
     torch.manual_seed(0)
-    args = dict(dim=8, grid=4, text_dim=8)
+    args = dict(dim=8, grid=4, word_dim=8)
     args.update(kw)
     return create_model("mlmcs", vocab=VOCAB, **args)
 

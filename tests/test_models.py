@@ -58,7 +58,7 @@ def test_ground_shapes(name):
 
 @pytest.mark.parametrize("name", list_models())
 def test_checkpoint_alone_rebuilds_the_model(name, tmp_path):
-    from phraseground.train.checkpoint import model_from_checkpoint, save_checkpoint
+    from phraseground.models.checkpoint import model_from_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model(name, vocab=VOCAB).eval()

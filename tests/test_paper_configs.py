@@ -3,6 +3,7 @@ grounding step on tiny random inputs, so none of them rots. Resources that canno
 downloaded here (ELMo files, word tables) are replaced by tiny files in the real formats."""
 from __future__ import annotations
 
+import dataclasses
 import glob
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def test_every_model_has_paper_configs():
 @pytest.mark.parametrize("config", PAPER_CONFIGS)
 def test_paper_config_builds_and_steps(config, tmp_path):
     cfg = load_config(CONFIG_DIR / config)
-    args = dict(cfg.model_args)
+    args = dataclasses.asdict(cfg.model_args)
     args["text_encoder_args"] = _offline_text_args(args.get("text_encoder_args", {}), args.get("text_encoder", "learned"), tmp_path)
     args["backbone_weights"] = "random"
     torch.manual_seed(0)
@@ -67,6 +68,7 @@ def test_paper_config_builds_and_steps(config, tmp_path):
     assert all(torch.isfinite(r.heatmaps).all() for r in res)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["vgg16", "resnet152", "pnasnet5large"])
 def test_backbone_taps_have_the_declared_channels(backbone):
     spec = get_backbone_spec(backbone)

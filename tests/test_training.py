@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import free_port, tiny_overrides
+from conftest import tiny_overrides
 from phraseground.errors import CheckpointError, ConfigError
-from phraseground.train.checkpoint import load_checkpoint, model_from_checkpoint
+from phraseground.models.checkpoint import load_checkpoint, model_from_checkpoint
 from phraseground.train.config import load_config
 from phraseground.train.loop import train
 
@@ -60,6 +60,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "phraseground.app.cli", *args]
 
 
+@pytest.mark.slow
 def test_resume_after_a_real_kill_loses_nothing(reference_run, tiny_bench, tmp_path):
     ref, _ = reference_run
     sets = [a for o in tiny_overrides(tiny_bench, **{"train.checkpoint_every": 2}) for a in ("--set", o)]
@@ -97,7 +98,7 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(bad)
     cfg = load_config(None, ["train.epochs=3", "model_args.dim=64"])
-    assert cfg.train.epochs == 3 and cfg.model_args["dim"] == 64
+    assert cfg.train.epochs == 3 and cfg.model_args.dim == 64
 
 
 def test_no_config_means_the_models_documented_default():
@@ -108,7 +109,7 @@ def test_no_config_means_the_models_documented_default():
         assert load_config(None, [f"model={model}"]) == default_config(model)
     cfg = load_config(None, ["train.epochs=3"])
     assert cfg.model == "mlmcs" and cfg.train.epochs == 3 and cfg.train.caption_sampling == "one"
-    assert cfg.model_args["dim"] == 128
+    assert cfg.model_args.dim == 128
 
 
 def test_corrupted_and_foreign_checkpoints(reference_run, tmp_path):
@@ -133,11 +134,13 @@ def test_corrupted_and_foreign_checkpoints(reference_run, tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tiny_bench, tmp_path):
-    """DDP with gloo on 2 CPU processes: trains, rank 0 writes the checkpoints."""
+    """DDP with gloo on 2 CPU processes: trains, rank 0 writes the checkpoints. ``--standalone``
+    rendezvous on a free port, so concurrent runs of the suite do not collide."""
     sets = [a for o in tiny_overrides(tiny_bench, **{"train.epochs": 1}) for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PG_BACKEND": "gloo"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "phraseground.app.cli", "train", "--out", str(tmp_path), "--quiet", *sets]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

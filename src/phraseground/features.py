@@ -56,27 +56,6 @@ class FeatureSpec:
     taps: tuple[str, ...]
     grid: int | None = None
 
-    @classmethod
-    def of(cls, model: nn.Module) -> "FeatureSpec":
-        """The feature needs of a grounding model."""
-        cfg = model.cfg
-        return cls(cfg.backbone, str(cfg.backbone_weights), tuple(model.feature_taps), model.feature_grid)
-
-    @classmethod
-    def from_config(cls, model: str, model_args: dict) -> "FeatureSpec":
-        """The feature needs of a model config, without building the model (no text encoder files)."""
-        from .models.registry import build_config
-
-        cfg = build_config(model, model_args)
-        default = get_backbone_spec(cfg.backbone).default_levels
-        if hasattr(cfg, "used_levels"):  # mlmcs
-            taps = cfg.used_levels()
-        elif hasattr(cfg, "used_taps"):  # attnreg
-            taps = cfg.used_taps()
-        else:  # dsve: one tap
-            taps = [getattr(cfg, "tap", "") or default[-1]]
-        return cls(cfg.backbone, str(cfg.backbone_weights), tuple(taps), getattr(cfg, "grid", None))
-
     @property
     def backbone_spec(self) -> BackboneSpec:
         return get_backbone_spec(self.backbone)

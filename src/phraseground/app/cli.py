@@ -70,7 +70,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_features(args: argparse.Namespace) -> None:
     from ..device import resolve_device
     from ..feature_store import human_bytes
-    from ..features import FeatureSpec
     from ..train.config import load_config
     from ..train.data import ensure_synthetic, features_for, load_split, store_root
 
@@ -90,7 +89,7 @@ def cmd_features(args: argparse.Namespace) -> None:
         if not args.out:
             raise PhrasegroundError("the config has no data.root (the embedded benchmark): give --out DIR")
         cfg.data.root = str(ensure_synthetic(cfg.data, Path(args.out) / "synthetic", not args.quiet))
-    spec = FeatureSpec.from_config(cfg.model, cfg.model_args)
+    spec = cfg.model_args.feature_spec()
     device = resolve_device(args.device)
     splits = args.split or [s for s in (cfg.data.train_split, cfg.data.val_split) if s]
     for split in splits:
@@ -135,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     else:
         if not args.checkpoint:
             raise PhrasegroundError("give --checkpoint CKPT (or --baseline center|random)")
-        from ..train.checkpoint import model_from_checkpoint
+        from ..models.checkpoint import model_from_checkpoint
         from ..train.config import DataConfig
         from ..train.data import features_for
 

@@ -10,7 +10,8 @@ from typing import Any
 from ..eval.baselines import evaluate_baseline
 from ..eval.grounding import evaluate_grounding
 from ..io import write_json
-from ..train.checkpoint import model_from_checkpoint
+from ..models.base import supports_retrieval
+from ..models.checkpoint import model_from_checkpoint
 from ..train.config import default_config
 from ..train.data import box_frame_of, build_feature_set, ensure_synthetic, load_split
 from ..train.loop import train
@@ -51,7 +52,7 @@ def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs:
     }
     if "pointing_box_centre" in result:
         report["pointing_accuracy_box_centre"] = result["pointing_box_centre"]["accuracy"]
-    if hasattr(best, "retrieval_similarity"):
+    if supports_retrieval(best):
         from ..eval.retrieval_run import evaluate_retrieval
 
         report["retrieval"] = evaluate_retrieval(best, fs, fold_size=len(test))

@@ -484,13 +484,12 @@ def phrase_records(model, fs, protocol: str = "akbari2019", box_frame: str = "xy
     as the pointing game decides them)."""
     from ..eval.grounding import caption_batches, ground_captions
     from ..eval.pointing import PointingGame, pointing_point, skip_reason
-    from ..train.data import tokenize
 
     out = []
     game = PointingGame(protocol, box_frame)
     model.eval()
     for pairs in caption_batches(fs.samples, batch_size):
-        for (i, c), res in zip(pairs, ground_captions(model, fs, pairs, tokenize)):
+        for (i, c), res in zip(pairs, ground_captions(model, fs, pairs)):
             s = fs.samples[i]
             for k, phrase in enumerate(s.captions[c].phrases):
                 hm = res.heatmaps[k].float().cpu()
@@ -504,19 +503,17 @@ def phrase_records(model, fs, protocol: str = "akbari2019", box_frame: str = "xy
     return out
 
 
-def model_heatmaps(model, fs, tokenize=None) -> HeatmapFn:
+def model_heatmaps(model, fs) -> HeatmapFn:
     """A ``heatmap_fn`` for ``write_report`` that grounds the records' captions with ``model``;
     it also fills each record's ``box`` (the predictor's box) when missing."""
     from ..eval.grounding import ground_captions
     from ..predict import locate
 
-    if tokenize is None:
-        from ..train.data import tokenize
     index = {str(s.image_id): i for i, s in enumerate(fs.samples)}
 
     def fn(records: list[dict]) -> list[torch.Tensor]:
         pairs = sorted({(index[str(r["image_id"])], int(r["caption_index"])) for r in records})
-        results = dict(zip(pairs, ground_captions(model, fs, pairs, tokenize))) if pairs else {}
+        results = dict(zip(pairs, ground_captions(model, fs, pairs))) if pairs else {}
         maps = []
         for r in records:
             i = index[str(r["image_id"])]

@@ -16,6 +16,7 @@ words proper, not ``<S>``/``</S>``); zeros for an empty text.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -268,6 +269,17 @@ class ElmoEncoder(TextEncoder):
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(url, str(path))  # writes a temp file, then moves it
         return cls.from_files(*paths, requires_grad=requires_grad)
+
+    def spec(self) -> dict:
+        """The network's options: a checkpoint rebuilds the encoder without the ELMo files."""
+        return {"options": dataclasses.asdict(self.options)}
+
+    @classmethod
+    def from_spec(cls, spec: dict, requires_grad: bool = False) -> "ElmoEncoder":
+        """Randomly initialised encoder of ``spec``'s shape, to load a state dict into."""
+        opts = dict(spec["options"])
+        opts["filters"] = tuple((int(w), int(n)) for w, n in opts["filters"])
+        return cls(ElmoOptions(**opts), requires_grad=requires_grad)
 
     def forward(self, tokens: list[list[str]]) -> TextFeatures:
         device = self.char_cnn.embedding.device

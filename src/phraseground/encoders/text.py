@@ -1,6 +1,12 @@
-"""Text encoders: the common interface and the trainable ones (learned word embeddings, BiLSTM).
+"""The tokenizer, text encoders' common interface and the trainable encoders (learned word
+embeddings, BiLSTM).
 
-Every encoder maps B whitespace-tokenised texts to
+:func:`tokenize` is the one tokenizer: whitespace words with punctuation split off
+("star." -> "star", "."), case kept, so case-sensitive encoders (ELMo, word2vec) see it; a
+lower-case vocabulary folds case when it looks a word up (:class:`Vocab`). Dataset phrase
+spans count whitespace words; :func:`tokenize_spans` maps them onto the tokens.
+
+Every encoder maps B tokenised texts to
   * per-word features from K layers, ``words``: (B, K, T, E), and
   * J sentence vectors to be linearly combined by the model, ``sentence``: (B, J, S)
     (for a BiLSTM: the last forward state and the first backward state),
@@ -8,15 +14,75 @@ with a (B, T) boolean ``mask`` of real tokens.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 PAD, UNK = "<pad>", "<unk>"
+
+_EDGES = re.compile(r"^(\W*?)(\w.*\w|\w)(\W*)$", re.S)
+
+
+def _runs(text: str) -> list[str]:
+    return [r.group(0) for r in re.finditer(r"(.)\1*", text, re.S)]
+
+
+def _split_word(word: str) -> tuple[list[str], int, int]:
+    """One whitespace word -> its tokens and the (start, end) of its core among them.
+
+    Leading and trailing punctuation become tokens of their own (a run of one character, like
+    "...", stays one token); inner punctuation stays ("t-shirt", "man's"), and so does the
+    final dot of an abbreviation with inner dots ("U.S."). A word of punctuation only is one
+    token and its own core."""
+    m = _EDGES.match(word)
+    if m is None:  # punctuation only
+        return [word], 0, 1
+    lead, core, trail = m.groups()
+    if trail == "." and "." in core:
+        core, trail = core + trail, ""
+    head = _runs(lead)
+    return [*head, core, *_runs(trail)], len(head), len(head) + 1
+
+
+def tokenize_words(words: list[str]) -> tuple[list[str], list[tuple[int, int]]]:
+    """Whitespace words -> tokens and, per word, the (start, end) token range of its core (the
+    word without the punctuation split off it)."""
+    tokens: list[str] = []
+    cores = []
+    for w in words:
+        parts, a, b = _split_word(w)
+        cores.append((len(tokens) + a, len(tokens) + b))
+        tokens.extend(parts)
+    return tokens, cores
+
+
+def tokenize(text: str) -> list[str]:
+    """The project's tokenizer: whitespace words, punctuation split off, case kept."""
+    return tokenize_words(text.split())[0]
+
+
+def tokenize_spans(text: str, spans: Iterable[tuple[int, int]]) -> tuple[list[str], list[tuple[int, int]]]:
+    """Tokens of ``text`` and its half-open whitespace-word ``spans`` mapped onto them: a span
+    runs from its first word's core to its last word's core, so punctuation split off its
+    edges ("[a red star]." ) stays outside the phrase. An empty span stays empty.
+
+    Raises:
+        ValueError: a span that does not fit the text's words.
+    """
+    words = text.split()
+    tokens, cores = tokenize_words(words)
+    out = []
+    for s, e in spans:
+        if not 0 <= s <= e <= len(words):
+            raise ValueError(f"span {s}:{e} does not fit the {len(words)}-word text")
+        start = cores[s][0] if s < len(words) else len(tokens)
+        out.append((start, cores[e - 1][1]) if e > s else (start, start))
+    return tokens, out
 
 
 @dataclass
@@ -27,7 +93,11 @@ class TextFeatures:
 
 
 class Vocab:
-    """Word list with ``<pad>`` = 0 and ``<unk>`` = 1; counts unknown words it meets."""
+    """Word list with ``<pad>`` = 0 and ``<unk>`` = 1; counts unknown words it meets.
+
+    A word is looked up as given, then lower-cased: a lower-case vocabulary (the learned
+    ones, GloVe) folds case, a cased one (word2vec) finds cased words first.
+    """
 
     def __init__(self, words: Iterable[str]) -> None:
         self.itos: list[str] = [PAD, UNK] + [w for w in words if w not in (PAD, UNK)]
@@ -36,16 +106,22 @@ class Vocab:
 
     @classmethod
     def build(cls, texts: Iterable[list[str]], min_count: int = 1) -> "Vocab":
-        """Vocabulary of every word seen at least ``min_count`` times, most frequent first."""
-        counts = Counter(w for toks in texts for w in toks)
+        """Lower-case vocabulary of every word seen at least ``min_count`` times (case folded),
+        most frequent first."""
+        counts = Counter(w.lower() for toks in texts for w in toks)
         words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
         return cls(words)
 
     def __len__(self) -> int:
         return len(self.itos)
 
+    def index(self, word: str) -> int | None:
+        """Row of ``word`` (as given, else lower-cased), None when unknown."""
+        i = self.stoi.get(word)
+        return self.stoi.get(word.lower()) if i is None else i
+
     def __contains__(self, word: str) -> bool:
-        return word in self.stoi
+        return self.index(word) is not None
 
     def encode(self, tokens: list[list[str]], device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return padded ids (B, T) and lengths (B,); unknown words map to ``<unk>`` and are counted."""
@@ -53,7 +129,7 @@ class Vocab:
         ids = torch.zeros(len(tokens), int(lengths.max()) if tokens else 1, dtype=torch.long)
         for b, toks in enumerate(tokens):
             for t, w in enumerate(toks):
-                i = self.stoi.get(w)
+                i = self.index(w)
                 if i is None:
                     self.unknown_seen += 1
                     i = 1
@@ -77,6 +153,19 @@ class TextEncoder(nn.Module):
     def forward(self, tokens: list[list[str]]) -> TextFeatures:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def unknown_words(self, words: list[str]) -> list[str]:
+        """Words the encoder has no entry for (default: none, an open vocabulary)."""
+        return []
+
+    def vocabulary(self) -> list[str] | None:
+        """The encoder's word list, or None for an open vocabulary."""
+        return None
+
+    def spec(self) -> dict[str, Any]:
+        """Plain data from which ``create_text_encoder(..., spec=...)`` rebuilds this encoder with
+        placeholder weights (then loaded from a state dict) without reading any file."""
+        return {}
+
 
 class LearnedTextEncoder(TextEncoder):
     """Learned word embeddings followed by an optional trainable BiLSTM.
@@ -98,6 +187,12 @@ class LearnedTextEncoder(TextEncoder):
         self.word_dim = dim
         self.sentence_dim = hidden if lstm else dim
         self.num_sentence_vectors = 2 if lstm else 1
+
+    def unknown_words(self, words: list[str]) -> list[str]:
+        return [w for w in words if w not in self.vocab]
+
+    def vocabulary(self) -> list[str] | None:
+        return list(self.vocab.itos)
 
     def forward(self, tokens: list[list[str]]) -> TextFeatures:
         device = self.embedding.weight.device

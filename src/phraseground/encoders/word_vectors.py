@@ -112,6 +112,16 @@ class WordVectorEncoder(LearnedTextEncoder):
             self.embedding.weight.copy_(table.embedding_matrix(self.vocab))
         self.embedding.weight.requires_grad_(not freeze)
 
+    def spec(self) -> dict:
+        """The table's words and size: a checkpoint rebuilds the encoder without the table file."""
+        return {"words": list(self.vocab.itos[2:]), "dim": int(self.word_dim)}
+
+    @classmethod
+    def from_spec(cls, spec: dict, **kwargs) -> "WordVectorEncoder":
+        """Placeholder encoder of ``spec``'s shape (zero vectors), to load a state dict into."""
+        words = list(spec["words"])
+        return cls(WordTable(words, np.zeros((len(words), int(spec["dim"])), np.float32)), **kwargs)
+
 
 # ---------------------------------------------------------------- readers
 def load_word_vectors(path: str | Path, vocab_file: str | Path | None = None, **kwargs) -> WordTable:

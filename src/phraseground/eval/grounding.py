@@ -26,11 +26,13 @@ def caption_batches(samples: list[ImageSample], batch_size: int) -> Iterator[lis
 
 
 @torch.no_grad()
-def ground_captions(model: GroundingModel, fs, pairs: list[tuple[int, int]], tokenize) -> list[GroundingResult]:
-    """Ground every phrase of the given captions in their own images."""
+def ground_captions(model: GroundingModel, fs, pairs: list[tuple[int, int]]) -> list[GroundingResult]:
+    """Ground every phrase of the given captions in their own images (the model's tokenizer;
+    the phrases' word spans mapped onto its tokens)."""
     feats = fs.select([i for i, _ in pairs], next(model.parameters()).device)
     caps = [fs.samples[i].captions[c] for i, c in pairs]
-    return model.ground(feats, [tokenize(cap.text) for cap in caps], [[p.word_span for p in cap.phrases] for cap in caps])
+    texts = [model.tokenize_spans(cap.text, [p.word_span for p in cap.phrases]) for cap in caps]
+    return model.ground(feats, [tokens for tokens, _ in texts], [spans for _, spans in texts])
 
 
 @torch.no_grad()
@@ -41,8 +43,6 @@ def evaluate_grounding(model: GroundingModel, fs, protocol: str = "akbari2019", 
     Models that regress boxes are scored on their boxes (accuracy@IoU≥0.5) and on the
     box centre as the pointing answer, plus the pointing game on their attention heatmap.
     """
-    from ..train.data import tokenize
-
     model.eval()
     pointing, attention = PointingGame(protocol, box_frame), AttentionCorrectness(protocol, box_frame)
     box_acc = BoxAccuracy(protocol, box_frame=box_frame) if boxes else None
@@ -53,7 +53,7 @@ def evaluate_grounding(model: GroundingModel, fs, protocol: str = "akbari2019", 
 
         batches = tqdm(list(batches), desc="evaluate", unit="batch")
     for pairs in batches:
-        for (i, c), res in zip(pairs, ground_captions(model, fs, pairs, tokenize)):
+        for (i, c), res in zip(pairs, ground_captions(model, fs, pairs)):
             s = fs.samples[i]
             for k, phrase in enumerate(s.captions[c].phrases):
                 hm = res.heatmaps[k].float().cpu()

@@ -1,8 +1,8 @@
 """Run a model over a split for cross-modal retrieval: every caption against every image.
 
-Any model works that exposes either unit embeddings, ``embed_images(features) -> (B, d)`` and
-``embed_texts(tokens) -> (B, d)`` (similarity = their dot products, each side encoded once),
-or ``retrieval_similarity(features, tokens) -> (n_texts, n_images)`` (called block by block).
+Any model of the retrieval protocol (``models.base.SupportsRetrieval``) works: separable ones
+through their unit embeddings (similarity = dot products, each side encoded once), the others
+through ``retrieval_similarity(features, tokens)``, called block by block.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from ..data.types import ImageSample
 from ..errors import ConfigError
-from ..models.base import GroundingModel
+from ..models.base import GroundingModel, supports_retrieval
 from .retrieval import DEFAULT_KS, fold_retrieval_metrics, retrieval_metrics
 
 
@@ -30,8 +30,10 @@ def similarity_matrix(model: GroundingModel, fs, tokens: list[list[str]], image_
     """(n_texts, n_images) similarity of every text with every image of a FeatureSet.
 
     Raises:
-        ConfigError: the model exposes neither embeddings nor ``retrieval_similarity``.
+        ConfigError: the model does not implement the retrieval protocol.
     """
+    if not supports_retrieval(model):
+        raise ConfigError(f"model {model.model_name!r} cannot rank: it does not implement the retrieval protocol")
     model.eval()
     device = next(model.parameters()).device
     image_starts = range(0, len(fs.samples), image_batch)
@@ -40,19 +42,16 @@ def similarity_matrix(model: GroundingModel, fs, tokens: list[list[str]], image_
     def features(start: int) -> dict[str, torch.Tensor]:
         return fs.select(list(range(start, min(start + image_batch, len(fs.samples)))), device)
 
-    if callable(getattr(model, "embed_images", None)) and callable(getattr(model, "embed_texts", None)):
+    if model.separable:
         images = torch.cat([model.embed_images(features(i)).float().cpu() for i in image_starts])  # (I, d)
         texts = torch.cat([model.embed_texts(tokens[t : t + text_batch]).float().cpu() for t in text_starts])  # (C, d)
         return texts @ images.t()
-    if callable(getattr(model, "retrieval_similarity", None)):
-        columns = []
-        for i in image_starts:
-            feats = features(i)
-            columns.append(torch.cat([model.retrieval_similarity(feats, tokens[t : t + text_batch]).float().cpu()
-                                      for t in text_starts]))  # (C, image_batch)
-        return torch.cat(columns, dim=1)  # (C, I)
-    raise ConfigError(f"model {model.model_name!r} cannot rank: it has neither embed_images/embed_texts "
-                      "nor retrieval_similarity")
+    columns = []
+    for i in image_starts:
+        feats = features(i)
+        columns.append(torch.cat([model.retrieval_similarity(feats, tokens[t : t + text_batch]).float().cpu()
+                                  for t in text_starts]))  # (C, image_batch)
+    return torch.cat(columns, dim=1)  # (C, I)
 
 
 def chance_recall(caption_to_image: torch.Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, dict[str, float]]:
@@ -98,9 +97,7 @@ def evaluate_retrieval(model: GroundingModel, fs, fold_size: int | None = None, 
         ``{"full": retrieval_metrics, "chance": chance_recall}``, plus ``"folds"`` and
         ``"chance_folds"`` when ``fold_size`` is given.
     """
-    from ..train.data import tokenize
-
-    tokens, owner = caption_queries(fs.samples, tokenize)
+    tokens, owner = caption_queries(fs.samples, model.tokenize)
     sim = similarity_matrix(model, fs, tokens, image_batch, text_batch)
     report = {"full": retrieval_metrics(sim, owner, ks), "chance": chance_recall(owner, ks)}
     if fold_size is not None:

@@ -17,17 +17,17 @@ either a sigmoid box or the GIoU loss alone was enough.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert
 
-from ..encoders.vision import get_backbone_spec
+from ..encoders.vision import BackboneSpec
 from ..errors import ConfigError
 from . import box_loss
-from .base import GroundingModel, GroundingResult, TrainBatch
+from .base import BackboneConfig, GroundingModel, GroundingResult, TrainBatch
 from .registry import register_model
 from .text_factory import create_text_encoder
 
@@ -37,7 +37,7 @@ TEXT_ENCODERS = ("learned", "word_table")  # word vectors -> BiLSTM, as the pape
 
 
 @dataclass
-class AttnRegConfig:
+class AttnRegConfig(BackboneConfig):
     """Configuration of ``attnreg`` (defaults: the embedded synthetic setting; paper configs in configs/).
 
     Attributes:
@@ -71,9 +71,6 @@ class AttnRegConfig:
         area_penalty: use the λ2 term (ablation: off).
     """
 
-    backbone: str = "synthcnn"
-    backbone_weights: str = "pretrained"
-    taps: list[str] = field(default_factory=lambda: ["c4"])
     grid: int = 16
     text_encoder: str = "learned"
     text_encoder_args: dict = field(default_factory=dict)
@@ -96,16 +93,6 @@ class AttnRegConfig:
     area_penalty: bool = True
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            value = getattr(self, f.name)
-            if f.type in ("int", "float") and not isinstance(value, bool):
-                try:
-                    number = float(value) if f.type == "float" else int(value)
-                except (TypeError, ValueError):
-                    raise ConfigError(f"attnreg: {f.name} must be a number, got {value!r}") from None
-                if f.type == "int" and number != float(value):
-                    raise ConfigError(f"attnreg: {f.name} must be an integer, got {value!r}")
-                setattr(self, f.name, number)
         for name, value, allowed in (
             ("attention", self.attention, ATTENTION_MODES),
             ("box_output", self.box_output, BOX_OUTPUTS),
@@ -123,9 +110,12 @@ class AttnRegConfig:
         if self.box_units <= 0 or min(self.lambda_se, self.lambda_area, self.attention_init) < 0:
             raise ConfigError("attnreg: box_units must be positive; the λ weights and attention_init non-negative")
 
-    def used_taps(self) -> list[str]:
-        """The taps the region features are made of."""
-        return list(self.taps) or [get_backbone_spec(self.backbone).default_levels[-1]]
+    def feature_grid(self) -> int | None:
+        return self.grid
+
+    def default_taps(self, spec: BackboneSpec) -> list[str]:
+        """The region features default to the backbone's deepest default level."""
+        return [spec.default_levels[-1]]
 
 
 class FusionMLP(nn.Module):
@@ -166,18 +156,12 @@ class AttnRegOutput:
 class AttnReg(GroundingModel):
     supervision = "full"
 
-    def __init__(self, cfg: AttnRegConfig, vocab: list[str] | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        spec = get_backbone_spec(cfg.backbone)
-        self.taps = cfg.used_taps()
-        missing = [t for t in self.taps if t not in spec.channels]
-        if missing:
-            raise ConfigError(f"attnreg: backbone {cfg.backbone} has no tap(s) {missing}; known: {list(spec.channels)}")
-        channels = sum(spec.channels[t] for t in self.taps)
+    def __init__(self, cfg: AttnRegConfig, vocab: list[str] | None = None, text_spec: dict | None = None) -> None:
+        super().__init__(cfg)
+        channels = sum(self.spec.channels[t] for t in self.taps)
         regions = cfg.grid * cfg.grid
         self.text = create_text_encoder(cfg.text_encoder, vocab, cfg.word_dim,
-                                        {"lstm_hidden": cfg.lstm_hidden, **cfg.text_encoder_args})
+                                        {"lstm_hidden": cfg.lstm_hidden, **cfg.text_encoder_args}, text_spec)
         e = self.text.word_dim
         drop = cfg.dropout
         self.image_attention = (
@@ -206,14 +190,6 @@ class AttnReg(GroundingModel):
             self.image_attention.out.weight.mul_(0.1)
             self.image_attention.out.bias.fill_(self.cfg.attention_init)
 
-    @property
-    def feature_grid(self) -> int | None:
-        """Features are cached already resized to this grid."""
-        return self.cfg.grid
-
-    @property
-    def feature_taps(self) -> list[str]:
-        return self.taps
 
     def encode_image(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """{tap: (B, C, h, w)} -> region features (B, N, C_total)."""
@@ -273,9 +249,6 @@ class AttnReg(GroundingModel):
                 loss = loss + self.cfg.lambda_area * l_area
             scalars["loss_area"] = l_area.detach()
         return {"loss": loss, **scalars}
-
-    def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        return self.training_loss(batch)
 
     def ground(
         self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]]

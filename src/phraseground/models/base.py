@@ -1,12 +1,79 @@
-"""The interface every grounding model implements, so one training loop, one evaluation
-harness and one predictor serve them all."""
+"""The contract every grounding model implements, so one training loop, one evaluation
+harness and one predictor serve them all, and callers need nothing else.
+
+A model declares, once:
+
+* its **feature needs** (a :class:`~phraseground.features.FeatureSpec`: backbone, weights,
+  taps, grid) — what the feature extractor / store computes for it, known from the config
+  alone (``cfg.feature_spec()``, no model built); the taps are checked against the backbone
+  when the config is read (:meth:`BackboneConfig.validate`);
+* its **text side**: ``tokenize`` (the one tokenizer of :mod:`phraseground.encoders.text`),
+  ``unknown_words`` (words its vocabulary or word table lacks; open-vocabulary encoders such
+  as ELMo report none) and ``text_spec`` (what rebuilds the text encoder from a checkpoint
+  without re-reading its files);
+* ``training_loss`` (``forward`` calls it, written here once, so DDP works), ``ground`` and
+  ``on_epoch_start``;
+* optionally **retrieval**: a model that also embeds images and texts in one space subclasses
+  :class:`SupportsRetrieval`; callers test ``supports_retrieval(model)``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from ..encoders.text import TextEncoder, tokenize, tokenize_spans
+from ..encoders.vision import BackboneSpec, get_backbone_spec
+from ..errors import ConfigError
+from ..features import FeatureSpec
+
+
+@dataclass
+class BackboneConfig:
+    """The fields every model config shares: which frozen backbone, which weights, which taps.
+
+    Attributes:
+        backbone: registered backbone name (``phraseground.encoders.vision``).
+        backbone_weights: "pretrained" (the registered weights), a local file, or "random".
+        taps: backbone taps the model reads (empty: the model's default taps of the backbone).
+    """
+
+    backbone: str = "synthcnn"
+    backbone_weights: str = "pretrained"
+    taps: list[str] = field(default_factory=list)
+
+    #: how many taps the model reads (None: one or more)
+    n_taps: ClassVar[int | None] = None
+
+    def default_taps(self, spec: BackboneSpec) -> list[str]:
+        """Taps used when ``taps`` is empty (default: all the backbone's default levels)."""
+        return list(spec.default_levels)
+
+    def used_taps(self) -> list[str]:
+        """The taps the model actually reads."""
+        return list(self.taps) or self.default_taps(get_backbone_spec(self.backbone))
+
+    def feature_grid(self) -> int | None:
+        """Side of the grid the taps are resized to when features are computed (None: native size)."""
+        return None
+
+    def feature_spec(self) -> FeatureSpec:
+        """The model's feature needs, from its config alone."""
+        return FeatureSpec(self.backbone, str(self.backbone_weights), tuple(self.used_taps()), self.feature_grid())
+
+    def validate(self) -> None:
+        """The taps check, written once: every tap exists in the backbone, and as many as the model reads."""
+        spec = get_backbone_spec(self.backbone)
+        taps = self.used_taps()
+        missing = [t for t in taps if t not in spec.channels]
+        if missing:
+            raise ConfigError(f"taps: backbone {self.backbone} has no tap(s) {missing}; known: {list(spec.channels)}")
+        if self.n_taps is not None and len(taps) != self.n_taps:
+            raise ConfigError(f"taps: this model reads exactly {self.n_taps} tap(s), got {taps}")
+        if not taps:
+            raise ConfigError("taps: no tap to read")
 
 
 @dataclass
@@ -15,7 +82,7 @@ class TrainBatch:
 
     Attributes:
         features: tap name -> (B, C, h, w) feature maps of the B images.
-        tokens: B whitespace-tokenised, lower-cased texts (captions for weakly supervised
+        tokens: B texts tokenised by the model's ``tokenize`` (captions for weakly supervised
             models; the phrase itself for fully supervised ones).
         boxes: for fully supervised models, (B, 4) target boxes as fractions of the image
             size, xyxy in [0, 1]; None for weakly supervised models.
@@ -49,12 +116,71 @@ class GroundingResult:
 
 
 class GroundingModel(nn.Module):
-    """Base class: a trainable head on top of a frozen backbone's cached features."""
+    """Base class: a trainable head on top of a frozen backbone's cached features.
+
+    Subclasses call ``super().__init__(cfg)``, set ``self.text`` (a :class:`TextEncoder`) and
+    implement ``training_loss`` and ``ground``; a config that reads features resized to a grid
+    overrides ``feature_grid``.
+    """
 
     #: registry name of the model ("mlmcs", "dsve", "attnreg")
     model_name: ClassVar[str] = ""
     #: "weak" (image–caption pairs) or "full" (phrase + box)
     supervision: ClassVar[str] = "weak"
+    cfg: BackboneConfig
+    text: TextEncoder
+
+    def __init__(self, cfg: BackboneConfig | None) -> None:
+        """``cfg`` None only for test doubles that read no backbone features."""
+        super().__init__()
+        if cfg is not None:
+            cfg.validate()
+        self.cfg = cfg
+        self.taps: list[str] = cfg.used_taps() if cfg is not None else []
+        self.spec: BackboneSpec | None = get_backbone_spec(cfg.backbone) if cfg is not None else None
+
+    # ------------------------------------------------------------ features
+    @property
+    def feature_grid(self) -> int | None:
+        """Side of the grid features are resized to when computed (None: native resolution)."""
+        return self.cfg.feature_grid() if self.cfg is not None else None
+
+    @property
+    def feature_taps(self) -> list[str]:
+        """The backbone taps the model reads, in order."""
+        return list(self.taps)
+
+    @property
+    def feature_needs(self) -> FeatureSpec:
+        """Everything the feature extractor needs to compute this model's inputs."""
+        return self.cfg.feature_spec()
+
+    # ------------------------------------------------------------ text
+    def tokenize(self, text: str) -> list[str]:
+        """Words of ``text`` as the model reads them (case kept; punctuation split off)."""
+        return tokenize(text)
+
+    def tokenize_spans(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[str], list[tuple[int, int]]]:
+        """Tokens of ``text`` and its whitespace-word phrase ``spans`` (dataset spans) mapped onto them."""
+        return tokenize_spans(text, spans)
+
+    def unknown_words(self, words: list[str]) -> list[str]:
+        """The words of ``words`` the model's vocabulary / word table lacks (they are read as
+        the unknown word); empty for open-vocabulary encoders."""
+        return self.text.unknown_words(words)
+
+    def vocabulary(self) -> list[str] | None:
+        """The model's word list (``<pad>``, ``<unk>`` first), or None for open-vocabulary encoders."""
+        return self.text.vocabulary()
+
+    def text_spec(self) -> dict[str, Any]:
+        """Plain data that rebuilds the text encoder without its files (stored in checkpoints)."""
+        return self.text.spec()
+
+    # ------------------------------------------------------------ training
+    def forward(self, batch: "TrainBatch") -> dict[str, torch.Tensor]:
+        """Same as ``training_loss`` (DDP calls forward)."""
+        return self.training_loss(batch)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for staged schedules (e.g. freezing parts or switching losses for the first
@@ -81,3 +207,33 @@ class GroundingModel(nn.Module):
             one GroundingResult per text, with one row per span.
         """
         raise NotImplementedError
+
+
+class SupportsRetrieval:
+    """Optional protocol: models that rank images for texts and texts for images (cross-modal
+    retrieval) inherit from this mixin besides :class:`GroundingModel`.
+
+    A model that embeds each side on its own implements ``embed_images`` and ``embed_texts``
+    (unit vectors; retrieval then encodes every image and text once); one that scores pairs
+    jointly sets ``separable = False`` and overrides ``retrieval_similarity``.
+    """
+
+    #: the similarity is the dot product of ``embed_texts`` and ``embed_images``
+    separable: ClassVar[bool] = True
+
+    def embed_images(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{tap: (B, C, h, w)} -> (B, d) unit image embeddings."""
+        raise NotImplementedError
+
+    def embed_texts(self, tokens: list[list[str]]) -> torch.Tensor:
+        """B tokenised texts -> (B, d) unit text embeddings."""
+        raise NotImplementedError
+
+    def retrieval_similarity(self, features: dict[str, torch.Tensor], tokens: list[list[str]]) -> torch.Tensor:
+        """(n_texts, n_images) similarity of every text with every image."""
+        return self.embed_texts(tokens) @ self.embed_images(features).t()
+
+
+def supports_retrieval(model: Any) -> bool:
+    """Whether ``model`` implements the retrieval protocol."""
+    return isinstance(model, SupportsRetrieval)

@@ -19,14 +19,15 @@ benchmark, hardest negatives from the first step collapse the embedding (DESIGN.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoders.vision import get_backbone_spec
+from ..encoders.vision import BackboneSpec
 from ..errors import ConfigError
-from .base import GroundingModel, GroundingResult, TrainBatch
+from .base import BackboneConfig, GroundingModel, GroundingResult, SupportsRetrieval, TrainBatch
 from .registry import register_model
 from .sru import SRU
 from .text_factory import create_text_encoder
@@ -35,12 +36,12 @@ DSVE_TEXT_ENCODERS = ("learned", "word_table")
 
 
 @dataclass
-class DSVEConfig:
+class DSVEConfig(BackboneConfig):
     """Configuration of ``dsve`` (defaults: the embedded synthetic setting; paper configs in configs/).
 
     Attributes:
         backbone, backbone_weights: frozen backbone name and weights ("pretrained", a path, "random").
-        tap: backbone tap feeding the visual path ("" = the backbone's deepest default level).
+        taps: the one backbone tap feeding the visual path (empty: the backbone's deepest default level).
         maps: D', number of maps of the 1×1 adaptation conv (paper: 2400).
         dim: d, size of the joint space and of the SRU layers (paper: 2400).
         pool_k: WELDON pooling adds the mean of the ``pool_k`` highest and of the ``pool_k``
@@ -57,9 +58,6 @@ class DSVEConfig:
         localize_k: k, the number of embedding dimensions combined into a heatmap (paper: 180).
     """
 
-    backbone: str = "synthcnn"
-    backbone_weights: str = "pretrained"
-    tap: str = ""
     maps: int = 256
     dim: int = 256
     pool_k: int = 1
@@ -73,6 +71,11 @@ class DSVEConfig:
     warmup_epochs: int = 3
     frozen_adapt_epochs: int = 0
     localize_k: int = 30
+
+    n_taps: ClassVar[int | None] = 1
+
+    def default_taps(self, spec: BackboneSpec) -> list[str]:
+        return [spec.default_levels[-1]]
 
     def __post_init__(self) -> None:
         if self.text_encoder not in DSVE_TEXT_ENCODERS:
@@ -137,35 +140,26 @@ def above_mean(maps: torch.Tensor) -> torch.Tensor:
 
 
 @register_model("dsve", DSVEConfig)
-class DSVE(GroundingModel):
+class DSVE(GroundingModel, SupportsRetrieval):
     """DSVE-Loc: joint image/text embedding (retrieval) with a heatmap for any text."""
 
     supervision = "weak"
 
-    def __init__(self, cfg: DSVEConfig, vocab: list[str] | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        spec = get_backbone_spec(cfg.backbone)
-        self.tap = cfg.tap or spec.default_levels[-1]
-        if self.tap not in spec.channels:
-            raise ConfigError(f"dsve: backbone {cfg.backbone} has no tap {self.tap!r}; known: {list(spec.channels)}")
-        self.adapt = nn.Conv2d(spec.channels[self.tap], cfg.maps, 1)  # g_θ1
+    def __init__(self, cfg: DSVEConfig, vocab: list[str] | None = None, text_spec: dict | None = None) -> None:
+        super().__init__(cfg)
+        self.adapt = nn.Conv2d(self.spec.channels[self.tap], cfg.maps, 1)  # g_θ1
         self.proj_dropout = nn.Dropout(cfg.proj_dropout)
         self.project = nn.Linear(cfg.maps, cfg.dim)  # p_θ2 = (A, b)
-        self.words = create_text_encoder(cfg.text_encoder, vocab, cfg.word_dim, {**cfg.text_encoder_args, "lstm": False})
-        self.sru = SRU(self.words.word_dim, cfg.dim, cfg.sru_layers, dropout=cfg.sru_dropout, rnn_dropout=cfg.sru_dropout)
+        self.text = create_text_encoder(cfg.text_encoder, vocab, cfg.word_dim, {**cfg.text_encoder_args, "lstm": False},
+                                        text_spec)
+        self.sru = SRU(self.text.word_dim, cfg.dim, cfg.sru_layers, dropout=cfg.sru_dropout, rnn_dropout=cfg.sru_dropout)
         # every parameter starts trainable so the optimizer holds them all; on_epoch_start sets the stage
         self.hardest_negatives = cfg.warmup_epochs == 0
 
     @property
-    def feature_grid(self) -> int | None:
-        """None: features are cached at the backbone's native resolution."""
-        return None
-
-    @property
-    def feature_taps(self) -> list[str]:
-        """The one backbone tap the visual path reads."""
-        return [self.tap]
+    def tap(self) -> str:
+        """The one backbone tap the visual path reads (features at native resolution)."""
+        return self.taps[0]
 
     def on_epoch_start(self, epoch: int) -> None:
         """Sum-over-negatives hinge before ``warmup_epochs``, hardest negatives after; the 1×1
@@ -188,13 +182,9 @@ class DSVE(GroundingModel):
 
     def embed_texts(self, tokens: list[list[str]]) -> torch.Tensor:
         """B tokenised texts -> unit text embeddings v (B, d): the SRU output at the last word."""
-        feats = self.words(tokens)
+        feats = self.text(tokens)
         _, last = self.sru(feats.words[:, 0], feats.mask.sum(dim=1))  # words[:, 0]: (B, T, E)
         return F.normalize(last, dim=-1)
-
-    def retrieval_similarity(self, features: dict[str, torch.Tensor], tokens: list[list[str]]) -> torch.Tensor:
-        """Cosine similarity of every text with every image, (n_texts, n_images)."""
-        return self.embed_texts(tokens) @ self.embed_images(features).t()
 
     # ------------------------------------------------------------ training
     def training_loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
@@ -202,10 +192,6 @@ class DSVE(GroundingModel):
         sim = self.retrieval_similarity(batch.features, batch.tokens)  # (B, B)
         loss = triplet_ranking_loss(sim, self.cfg.margin, batch.image_index, self.hardest_negatives)
         return {"loss": loss, "positive_similarity": sim.diagonal().mean().detach()}
-
-    def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        """Same as ``training_loss`` (DDP calls forward)."""
-        return self.training_loss(batch)
 
     # ------------------------------------------------------------ localization
     def _heatmaps(self, g: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoders.vision import get_backbone_spec
 from ..errors import ConfigError
-from .base import GroundingModel, GroundingResult, TrainBatch
+from .base import BackboneConfig, GroundingModel, GroundingResult, TrainBatch
 from .registry import register_model
 from .text_factory import create_text_encoder
 
@@ -27,17 +26,18 @@ EPS = 1e-8
 
 
 @dataclass
-class MLMCSConfig:
+class MLMCSConfig(BackboneConfig):
     """Configuration of ``mlmcs`` (defaults: the embedded synthetic setting; paper configs in configs/).
 
     Attributes:
         backbone, backbone_weights: frozen backbone name and weights ("pretrained", a path, "random").
-        levels: backbone taps used as visual levels (empty: the backbone's defaults).
+        taps: backbone taps used as visual levels (empty: the backbone's defaults).
         level_ablation: "multi" (all levels), or a single level, "middle" or "last" (paper Table 3).
         grid: M, every level is resized to M×M.
         dim: D, the common space size.
         mapping: "nonlinear" (paper: 3 conv / 2 FC layers with LeakyReLU) or "linear" (one linear layer each).
-        text_encoder, text_encoder_args, text_dim: the text encoder and its options.
+        text_encoder, text_encoder_args: the text encoder and its options.
+        word_dim: size of learned word embeddings (a pretrained encoder brings its own).
         word_layers: text-encoder layers mixed into the word features (learned encoder: 0 = the
             word's own embedding, 1 = BiLSTM output; ELMo: 0, 1, 2).
         attention: "relu" (paper) or "softmax" (ablation) over regions.
@@ -50,9 +50,6 @@ class MLMCSConfig:
             the paper — measured in README "Measured notes").
     """
 
-    backbone: str = "synthcnn"
-    backbone_weights: str = "pretrained"
-    levels: list[str] = field(default_factory=list)
     level_ablation: str = "multi"
     grid: int = 16
     dim: int = 256
@@ -60,7 +57,7 @@ class MLMCSConfig:
     leaky_slope: float = 0.25
     text_encoder: str = "learned"
     text_encoder_args: dict = field(default_factory=dict)
-    text_dim: int = 256
+    word_dim: int = 256
     word_layers: list[int] = field(default_factory=lambda: [0])
     attention: str = "relu"
     gamma1: float = 5.0
@@ -79,9 +76,12 @@ class MLMCSConfig:
             if value not in allowed:
                 raise ConfigError(f"mlmcs: {name} must be one of {allowed}, got {value!r}")
 
-    def used_levels(self) -> list[str]:
+    def feature_grid(self) -> int | None:
+        return self.grid
+
+    def used_taps(self) -> list[str]:
         """The taps actually fed to the model after the level ablation."""
-        levels = list(self.levels) or list(get_backbone_spec(self.backbone).default_levels)
+        levels = super().used_taps()
         if self.level_ablation == "middle":
             return [levels[len(levels) // 2]]
         if self.level_ablation == "last":
@@ -128,21 +128,16 @@ def attend(q: torch.Tensor, v: torch.Tensor, softmax: bool = False, all_pairs: b
 class MLMCS(GroundingModel):
     supervision = "weak"
 
-    def __init__(self, cfg: MLMCSConfig, vocab: list[str] | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        spec = get_backbone_spec(cfg.backbone)
-        self.levels = cfg.used_levels()
-        missing = [lv for lv in self.levels if lv not in spec.channels]
-        if missing:
-            raise ConfigError(f"mlmcs: backbone {cfg.backbone} has no level(s) {missing}; known: {list(spec.channels)}")
+    def __init__(self, cfg: MLMCSConfig, vocab: list[str] | None = None, text_spec: dict | None = None) -> None:
+        super().__init__(cfg)
+        spec = self.spec
         linear = cfg.mapping == "linear"
         self.visual = nn.ModuleDict({
             lv: nn.Linear(spec.channels[lv], cfg.dim) if linear
             else _mlp([spec.channels[lv], cfg.dim, cfg.dim, cfg.dim], cfg.leaky_slope)
             for lv in self.levels
         })
-        self.text = create_text_encoder(cfg.text_encoder, vocab, cfg.text_dim, cfg.text_encoder_args)
+        self.text = create_text_encoder(cfg.text_encoder, vocab, cfg.word_dim, cfg.text_encoder_args, text_spec)
         bad = [k for k in cfg.word_layers if not 0 <= k < self.text.num_layers]
         if not cfg.word_layers or bad:
             raise ConfigError(f"mlmcs: word_layers {cfg.word_layers} invalid for a {self.text.num_layers}-layer text encoder")
@@ -152,14 +147,11 @@ class MLMCS(GroundingModel):
         self.word_fc = nn.Linear(e, d) if linear else _mlp([e, d, d], cfg.leaky_slope)
         self.sentence_fc = nn.Linear(s, d) if linear else _mlp([s, d, d], cfg.leaky_slope)
 
-    @property
-    def feature_grid(self) -> int | None:
-        """Features are cached already resized to this grid."""
-        return self.cfg.grid
 
     @property
-    def feature_taps(self) -> list[str]:
-        return self.levels
+    def levels(self) -> list[str]:
+        """The visual levels (the taps after the level ablation)."""
+        return self.taps
 
     def encode_image(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """{tap: (B, C, M, M)} -> V (B, L, N, D), L2-normalised over D."""
@@ -195,9 +187,6 @@ class MLMCS(GroundingModel):
         loss_w = batch_softmax_loss(r_w, self.cfg.gamma2, batch.image_index)
         loss_s = batch_softmax_loss(r_s, self.cfg.gamma2, batch.image_index)
         return {"loss": loss_w + loss_s, "loss_words": loss_w.detach(), "loss_sentence": loss_s.detach()}
-
-    def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        return self.training_loss(batch)
 
     def ground(
         self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]]

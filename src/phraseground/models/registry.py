@@ -1,10 +1,10 @@
 """One registry, one factory: models are built by name from a config dataclass."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from ..schema import from_data, to_data
 from .base import GroundingModel
 
 _REGISTRY: dict[str, tuple[type[GroundingModel], type]] = {}
@@ -43,27 +43,24 @@ def model_config_class(name: str) -> type:
     return _REGISTRY[name][1]
 
 
-def build_config(name: str, values: dict[str, Any] | None = None) -> Any:
-    """Config dataclass of ``name`` from a plain dict, rejecting unknown keys."""
-    cls = model_config_class(name)
-    values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown {name} option(s) {unknown}; known: {sorted(known)}")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"invalid {name} config: {e}") from None
+def build_config(name: str, values: Any = None, path: str = "model_args") -> Any:
+    """Config dataclass of ``name`` from a plain dict (or an instance), each value converted
+    by its annotation; unknown keys, wrong types and bad values are ConfigErrors naming the key."""
+    return from_data(model_config_class(name), values, path)
 
 
-def create_model(name: str, vocab: list[str] | None = None, **overrides: Any) -> GroundingModel:
+def create_model(name: str, vocab: list[str] | None = None, config: Any = None,
+                 text_spec: dict[str, Any] | None = None, **overrides: Any) -> GroundingModel:
     """Build model ``name`` with random trainable weights (and its declared frozen parts).
 
     Args:
         vocab: word list for models with learned word embeddings (``Vocab`` order).
+        config: the model's config (dataclass or dict); ``overrides`` are applied on top.
+        text_spec: what ``model.text_spec()`` returned (from a checkpoint): pretrained text
+            encoders are then built with placeholder weights, without reading their files.
         overrides: config fields.
     """
-    cfg = build_config(name, overrides)
+    values = to_data(config) if config is not None else {}
+    cfg = build_config(name, {**(values or {}), **overrides})
     cls = _REGISTRY[name][0]
-    return cls(cfg, vocab=vocab)
+    return cls(cfg, vocab=vocab, text_spec=text_spec)

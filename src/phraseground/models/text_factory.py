@@ -9,8 +9,22 @@ from ..errors import ConfigError
 TEXT_ENCODERS = ("learned", "elmo", "transformer", "word_table")
 
 
-def create_text_encoder(kind: str, vocab: list[str] | None, dim: int, args: dict[str, Any]) -> TextEncoder:
-    """Text encoder ``kind``; ``vocab`` is needed by the learned kind (words of the training captions)."""
+def create_text_encoder(kind: str, vocab: list[str] | None, dim: int, args: dict[str, Any],
+                        spec: dict[str, Any] | None = None) -> TextEncoder:
+    """Text encoder ``kind``; ``vocab`` is needed by the learned kind (words of the training captions).
+
+    With ``spec`` (what ``encoder.spec()`` returned, kept in a checkpoint) the ELMo and
+    word-table encoders are rebuilt with placeholder weights of the right shapes, without
+    reading their files; the checkpoint's state dict then fills them in.
+    """
+    if spec and kind == "elmo":
+        from ..encoders.elmo import ElmoEncoder
+
+        return ElmoEncoder.from_spec(spec, requires_grad=bool(args.get("requires_grad", False)))
+    if spec and kind == "word_table":
+        from ..encoders.word_vectors import WordVectorEncoder
+
+        return WordVectorEncoder.from_spec(spec, **{k: args[k] for k in _TABLE_ENCODER_ARGS if k in args})
     if kind == "learned":
         if vocab is None:
             raise ConfigError("the learned text encoder needs a vocabulary (built from the training captions)")

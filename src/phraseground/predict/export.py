@@ -16,6 +16,7 @@ text encoder's files) are reduced to their file names and can be given again wit
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path) -> dict[str, Any]:
     """Write the portable form of a training checkpoint into ``out_dir``; returns its config."""
     from safetensors.torch import save
 
-    from ..train.checkpoint import load_checkpoint
+    from ..models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(Path(checkpoint))
     args = dict(ckpt["config"]["model_args"])
@@ -59,7 +60,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path) -> dict[str, Any]:
     from ..models.registry import build_config
 
     cfg = build_config(model_name, args)  # fills the defaults, so the export does not depend on them
-    args = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+    args = dataclasses.asdict(cfg)
     spec = get_backbone_spec(args["backbone"])
     if args.get("backbone_weights") not in ("pretrained", "random"):
         log.info("export: backbone weights %r replaced by the backbone's id %s", args.get("backbone_weights"), spec.weights_id)
@@ -75,6 +76,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path) -> dict[str, Any]:
         "backbone": {"name": spec.name, "weights_id": spec.weights_id, "source": spec.source, "sha256": spec.sha256},
         "phraseground_version": __version__,
         "checkpoint_format": ckpt.get("format"),
+        "text_spec": ckpt.get("text_spec") or {},  # rebuilds ELMo / word-table encoders without their files
     }
     state = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["state_dict"].items()}  # no shared storage
     out_dir = Path(out_dir)
@@ -126,7 +128,7 @@ def load_exported(directory: Path, model_args: dict[str, Any] | None = None) -> 
     except Exception as e:  # noqa: BLE001 - WeightsNotFoundError or a decoding error
         raise CheckpointError(f"{directory / WEIGHTS}: {e}") from None
     try:
-        model = create_model(config["model"], vocab=vocab, **args)
+        model = create_model(config["model"], vocab=vocab, text_spec=config.get("text_spec") or None, **args)
         model.load_state_dict(state, strict=True)
     except (KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{directory}: export does not rebuild its model ({str(e).splitlines()[0][:200]})") from None

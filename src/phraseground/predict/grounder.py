@@ -81,25 +81,25 @@ class Grounder:
             raise PhrasegroundError("batch_size and top_k must be >= 1")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        cfg = model.cfg
-        self.spec = get_backbone_spec(cfg.backbone)
-        weights = backbone_weights if backbone_weights is not None else cfg.backbone_weights
-        self.backbone = create_backbone(cfg.backbone, weights, model.feature_taps).to(self.device)
-        self.levels = list(model.feature_taps)
+        needs = model.feature_needs
+        self.spec = get_backbone_spec(needs.backbone)
+        weights = backbone_weights if backbone_weights is not None else needs.weights
+        self.backbone = create_backbone(needs.backbone, weights, list(needs.taps)).to(self.device)
+        self.levels = list(needs.taps)
         self.batch_size = batch_size
         self.top_k = top_k
         self.source = source
         #: counters: backbone forward calls and images passed through the backbone
         self.stats = {"backbone_calls": 0, "backbone_images": 0}
         self._lock = threading.Lock()  # forward hooks keep state: one forward at a time
-        log.info("grounder: %s on %s (backbone %s, levels %s)", model.model_name, self.device, cfg.backbone, self.levels)
+        log.info("grounder: %s on %s (backbone %s, levels %s)", model.model_name, self.device, needs.backbone, self.levels)
 
     # construction -------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
                         backbone_weights: str | None = None, **kwargs: Any) -> "Grounder":
         """From a training checkpoint (``best.pt``/``last.pt``): the file alone rebuilds the model."""
-        from ..train.checkpoint import model_from_checkpoint
+        from ..models.checkpoint import model_from_checkpoint
 
         model, _ = model_from_checkpoint(Path(path))
         return cls(model, device, backbone_weights, source=str(path), **kwargs)
@@ -119,25 +119,13 @@ class Grounder:
 
     def info(self) -> dict[str, Any]:
         """What the grounder runs: model, backbone, levels, device, source file."""
-        return {"model": self.model_name, "backbone": self.model.cfg.backbone, "levels": self.levels,
+        return {"model": self.model_name, "backbone": self.model.feature_needs.backbone, "levels": self.levels,
                 "device": str(self.device), "source": self.source}
 
     # text ---------------------------------------------------------------------------------
-    def _tokenize(self, text: str) -> list[str]:
-        tok = getattr(self.model, "tokenize", None)
-        if callable(tok):
-            return list(tok(text))
-        from ..train.data import tokenize
-
-        return tokenize(text)
-
     def unknown_words(self, words: Sequence[str]) -> list[str]:
         """The words the model's vocabulary lacks (none for open-vocabulary encoders)."""
-        fn = getattr(self.model, "unknown_words", None)
-        if callable(fn):
-            return list(fn(list(words)))
-        vocab = getattr(getattr(self.model, "text", None), "vocab", None)
-        return [] if vocab is None else [w for w in words if w not in vocab]
+        return list(self.model.unknown_words(list(words)))
 
     def _parse_text(self, text: str) -> _Text:
         if not isinstance(text, str):
@@ -146,17 +134,17 @@ class Grounder:
         words = plain.split()
         if not words:
             raise PhrasegroundError("empty phrase: nothing to ground")
-        tokens = self._tokenize(plain)
-        if len(tokens) != len(words):
-            raise PhrasegroundError(f"{text!r}: the model's tokenizer splits it into {len(tokens)} tokens "
-                                    f"for {len(words)} words")  # spans index whitespace words
+        tokens, token_spans = self.model.tokenize_spans(plain, spans)  # spans index whitespace words
         unknown = []
-        for s, e in spans:
-            unk = self.unknown_words(tokens[s:e])
-            if len(unk) == e - s:
+        for (s, e), (ts, te) in zip(spans, token_spans):
+            unk = self.unknown_words(tokens[ts:te])
+            if len(unk) == te - ts:
                 raise PhrasegroundError(f"phrase {' '.join(words[s:e])!r}: no word is known to the model's vocabulary")
+            if unk:
+                log.warning("phrase %r: word(s) unknown to the model, read as the unknown word: %s",
+                            " ".join(words[s:e]), unk)
             unknown.append(unk)
-        return _Text(tokens, spans, [" ".join(words[s:e]) for s, e in spans], unknown)
+        return _Text(tokens, token_spans, [" ".join(words[s:e]) for s, e in spans], unknown)
 
     @staticmethod
     def _texts(phrases: Texts) -> list[str]:
@@ -177,7 +165,7 @@ class Grounder:
     def _features(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """One backbone pass -> tap -> (B, C, h, w), resized to the model's grid when it has one."""
         feats = self.backbone(images_to_tensor(images, self.spec).to(self.device))
-        grid = self.model.feature_grid
+        grid = self.model.feature_needs.grid
         if grid is not None:
             feats = {t: torch.nn.functional.interpolate(f, size=(grid, grid), mode="bilinear", align_corners=False)
                      for t, f in feats.items()}

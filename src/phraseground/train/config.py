@@ -5,11 +5,12 @@ import dataclasses
 from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from ..errors import ConfigError
+from ..schema import from_data
 
 
 @dataclass
@@ -53,40 +54,63 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between mid-epoch `last` checkpoints (0: epoch ends only)
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
     vocab_min_count: int = 1
-    caption_sampling: str = "all"  # weak supervision: every caption each epoch, or "one" per image
+    caption_sampling: Literal["all", "one"] = "all"  # weak supervision: every caption each epoch, or "one" per image
     feature_batch: int = 64
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "feature_batch", "vocab_min_count"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("val_max_images", "checkpoint_every", "max_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
 
 
 @dataclass
 class ExperimentConfig:
+    """A whole run: the model's name and typed options (its registered config dataclass), the
+    data and the schedule. Build it with :func:`config_from_dict` / :func:`load_config`."""
+
     model: str = "mlmcs"
-    model_args: dict[str, Any] = field(default_factory=dict)
+    model_args: Any = None  # the model's config dataclass (MLMCSConfig, DSVEConfig, ...)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.model_args is None or isinstance(self.model_args, dict):
+            from ..models.registry import build_config
+
+            self.model_args = build_config(self.model, self.model_args or {})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(where + k for k in unknown)}; known: {sorted(known)}")
-    return cls(**values)
+_SECTIONS = ("model", "model_args", "data", "train")
 
 
 def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
-    """Build an ExperimentConfig from a nested dict (YAML content, checkpoint)."""
+    """Build an ExperimentConfig from a nested dict (YAML content, checkpoint), every value
+    checked and converted by its annotation: errors name the key path
+    (``config: train.epochs: expected int, got 'abc'``), before anything is computed."""
+    from ..models.registry import build_config, list_models
+
     if not isinstance(values, dict):
-        raise ConfigError("a config must be a mapping with keys model, model_args, data, train")
-    values = dict(values)
-    data = _build(DataConfig, values.pop("data", None) or {}, "data.")
-    train = _build(TrainConfig, values.pop("train", None) or {}, "train.")
-    try:
-        return _build(ExperimentConfig, {**values, "data": data, "train": train}, "")
-    except TypeError as e:
-        raise ConfigError(f"invalid config: {e}") from None
+        raise ConfigError("config: a config must be a mapping with keys model, model_args, data, train")
+    unknown = sorted(set(values) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"config: {unknown[0]}: unknown section; known: {', '.join(_SECTIONS)}")
+    model = values.get("model", "mlmcs")
+    if not isinstance(model, str) or model not in list_models():
+        raise ConfigError(f"config: model: unknown model {model!r}; known: {', '.join(list_models())}")
+    return ExperimentConfig(
+        model=model,
+        model_args=build_config(model, values.get("model_args") or {}, "model_args"),
+        data=from_data(DataConfig, values.get("data") or {}, "data"),
+        train=from_data(TrainConfig, values.get("train") or {}, "train"),
+    )
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -144,9 +168,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path:
         values = read_yaml_config(path)
     else:
+        from ..models.registry import list_models
+
         model = top.get("model", "mlmcs")
-        if not isinstance(model, str):
-            raise ConfigError(f"model: expected a model name, got {model!r}")
+        if not isinstance(model, str) or model not in list_models():
+            raise ConfigError(f"config: model: unknown model {model!r}; known: {', '.join(list_models())}")
         values = read_yaml_config(package_config(f"{model}_synthetic"))
     return config_from_dict(_merge(values, top))
 

@@ -8,16 +8,12 @@ import torch
 
 from ..data.flickr30k import read_flickr30k
 from ..data.types import ImageSample
+from ..encoders.text import tokenize
 from ..errors import ConfigError
 from ..features import FeatureSpec, build_backbone, extract_features
 from ..io import write_text
 from ..models.base import GroundingModel, TrainBatch
 from .config import DataConfig
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased whitespace tokens (phrase spans index these)."""
-    return text.lower().split()
 
 
 def load_split(data: DataConfig, split: str) -> list[ImageSample]:
@@ -89,7 +85,7 @@ def features_for(model: GroundingModel | FeatureSpec, samples: list[ImageSample]
     """The features object of ``samples`` for ``model`` (or its ``FeatureSpec``): the disk store
     of ``data.features: store`` (reused, resumed or extracted; see ``feature_store``), or
     features in RAM for ``memory``."""
-    spec = model if isinstance(model, FeatureSpec) else FeatureSpec.of(model)
+    spec = model if isinstance(model, FeatureSpec) else model.feature_needs
     if data.features == "memory":
         feats = extract_features(build_backbone(spec), spec.backbone_spec, [s.image_path for s in samples], grid=spec.grid,
                                  batch_size=batch_size, device=device, progress=progress,
@@ -162,7 +158,6 @@ def ensure_synthetic(data: DataConfig, where: Path, progress: bool = False) -> P
     """Generate the embedded benchmark into ``where`` unless it is already there with the
     same parameters (a ``synthetic.json`` marker, written last); return its root."""
     import json
-    import os
 
     from ..data.synthetic import generate_benchmark
 

@@ -3,29 +3,33 @@
 Run directory layout: ``config.yaml`` (resolved config + git SHA), ``log.jsonl`` (one JSON
 object per logged step / validation), ``last.pt`` and ``best.pt`` (atomic checkpoints).
 ``resume=True`` continues from ``last.pt`` exactly: weights, optimizer, scheduler, epoch, step
-within the epoch (the epoch's shuffling is a function of (seed, epoch)) and RNG state.
+within the epoch (the epoch's shuffling is a function of (seed, epoch)) and the CPU, CUDA,
+numpy and Python RNG states.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
+import random
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
 
-from ..encoders.text import Vocab
+from ..encoders.text import Vocab, tokenize
 from ..errors import PhrasegroundError
 from ..io import write_text
+from ..models.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from ..models.registry import create_model
-from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
-from .data import (FeatureSet, box_frame_of, ensure_synthetic, features_for, load_split, make_batch, tokenize,
+from .data import (FeatureSet, box_frame_of, ensure_synthetic, features_for, load_split, make_batch,
                    training_items)
 
 
@@ -51,6 +55,34 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from (CPU, each CUDA device, numpy, Python), as
+    tensors and plain containers (``torch.load(weights_only=True)`` reads them back)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (CUDA states only when as many devices are present)."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "python" in state:
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+
+
 def validation_score(model_supervision: str, report: dict) -> float:
     """The number `best.pt` is chosen by: pointing accuracy (weak) or box accuracy (full)."""
     value = report["box"]["accuracy"] if model_supervision == "full" else report["pointing"]["accuracy"]
@@ -70,6 +102,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
     """Train ``cfg.model`` on ``cfg.data``; write checkpoints and logs to ``out_dir``.
 
     Args:
+        cfg: the experiment; not modified (the run's resolved copy is written to ``config.yaml``).
         train_set, val_set: precomputed feature sets (the demo passes them to avoid recomputing).
 
     Returns:
@@ -78,6 +111,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
     from ..data.images import set_max_pixels
     from ..eval.grounding import evaluate_grounding
 
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as given (data.root is resolved below)
     rank, world = _dist_info()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -100,7 +134,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
     ckpt = load_checkpoint(out_dir / "last.pt", cfg.model) if resume else None
     if ckpt is not None:
         saved = ckpt["config"]
-        if saved["model"] != cfg.model or saved["model_args"] != cfg.model_args:
+        if saved["model"] != cfg.model or saved["model_args"] != cfg.to_dict()["model_args"]:
             from ..errors import CheckpointError
 
             raise CheckpointError(f"{out_dir / 'last.pt'}: its model config differs from the one given; resume with the same config")
@@ -109,7 +143,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
     vocab = ckpt["vocab"] if ckpt is not None else Vocab.build(
         (tokenize(c.text) for s in train_samples for c in s.captions), tc.vocab_min_count).itos
     torch.manual_seed(tc.seed)
-    model = create_model(cfg.model, vocab=vocab, **cfg.model_args).to(device)
+    model = create_model(cfg.model, vocab=vocab, config=cfg.model_args).to(device)
     if train_set is None:
         def train_features(quiet: bool):
             return features_for(model, train_samples, cfg.data, cfg.data.train_split, device, tc.feature_batch,
@@ -136,7 +170,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state.update(ckpt["progress"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        set_rng_state(ckpt["rng"])
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     per_step = tc.batch_size * world
@@ -155,9 +189,9 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
         if rank != 0:
             return
         save_checkpoint({
-            "model": cfg.model, "config": config_dict, "vocab": vocab, "state_dict": model.state_dict(),
+            **model_payload(model, config_dict, vocab),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "progress": dict(state),
-            "rng": {"torch": torch.get_rng_state()}, **(extra or {}),
+            "rng": rng_state(), **(extra or {}),
         }, path)
 
     last_report: dict | None = None
