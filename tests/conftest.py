@@ -48,7 +48,7 @@ def tiny_run(tiny_bench, tmp_path_factory) -> tuple[Path, dict]:
 
 
 TINY_MODEL_ARGS = {
-    "mlmcs": ["model_args.dim=16", "model_args.grid=4", "model_args.text_dim=16"],
+    "mlmcs": ["model_args.dim=16", "model_args.grid=4", "model_args.word_dim=16"],
     "dsve": ["model_args.maps=16", "model_args.dim=16", "model_args.word_dim=8", "model_args.localize_k=4",
              "model_args.warmup_epochs=0"],
     "attnreg": ["model_args.grid=4", "model_args.image_attention_hidden=8", "model_args.region_hidden=8",

@@ -92,11 +92,7 @@ def test_2_same_picture_in_8_and_16_bits_grounds_the_same(tiny_run, tiny_bench, 
 
 
 # 3. unknown words: every model reports them and refuses an all-unknown phrase (the fix: i13's model contract)
-FIX3 = pytest.mark.xfail(strict=True, reason="#3: fixed by the model contract's unknown-word check (i13); "
-                                            "remove this marker then")
-
-
-@pytest.mark.parametrize("model", ["mlmcs", pytest.param("dsve", marks=FIX3), "attnreg"])
+@pytest.mark.parametrize("model", ["mlmcs", "dsve", "attnreg"])
 def test_3_unknown_words_reported_and_all_unknown_refused(model, tiny_bench, tmp_path, capsys):
     from conftest import tiny_checkpoint
 
@@ -128,7 +124,6 @@ def test_5_train_out_an_existing_file_is_one_line(tiny_bench, tmp_path, capsys):
 
 
 # 6. config values type-checked when the config is loaded, with the key path (the fix: i13's typed loader)
-@pytest.mark.xfail(strict=True, reason="#6: fixed by the typed config loader (i13); remove this marker then")
 @pytest.mark.parametrize("setting, key", [("train.epochs=abc", "train.epochs"), ("train.lr=1e-4", None),
                                           ("train.batch_size=2.5", "train.batch_size"),
                                           ("model_args.dim=big", "model_args.dim")])
