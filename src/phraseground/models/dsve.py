@@ -56,6 +56,8 @@ class DSVEConfig(BackboneConfig):
         warmup_epochs: epochs trained with the sum over all negatives before hardest negatives.
         frozen_adapt_epochs: epochs during which the 1×1 adaptation conv is not updated (paper: 8).
         localize_k: k, the number of embedding dimensions combined into a heatmap (paper: 180).
+        pooling: "weldon" (paper: max + min), "avg" (global average) or "max" (max only), the
+            paper's ablation of the spatial pooling.
     """
 
     maps: int = 256
@@ -71,6 +73,7 @@ class DSVEConfig(BackboneConfig):
     warmup_epochs: int = 3
     frozen_adapt_epochs: int = 0
     localize_k: int = 30
+    pooling: str = "weldon"
 
     n_taps: ClassVar[int | None] = 1
 
@@ -78,6 +81,8 @@ class DSVEConfig(BackboneConfig):
         return [spec.default_levels[-1]]
 
     def __post_init__(self) -> None:
+        if self.pooling not in ("weldon", "avg", "max"):
+            raise ConfigError(f"dsve: pooling must be one of ('weldon', 'avg', 'max'), got {self.pooling!r}")
         if self.text_encoder not in DSVE_TEXT_ENCODERS:
             raise ConfigError(f"dsve: text_encoder must be one of {DSVE_TEXT_ENCODERS}, got {self.text_encoder!r}")
         for name in ("maps", "dim", "pool_k", "word_dim", "sru_layers", "localize_k"):
@@ -92,6 +97,15 @@ class DSVEConfig(BackboneConfig):
             raise ConfigError(f"dsve: margin must be > 0, got {self.margin!r}")
         if self.warmup_epochs < 0 or self.frozen_adapt_epochs < 0:
             raise ConfigError("dsve: warmup_epochs and frozen_adapt_epochs must be >= 0")
+
+
+def spatial_pool(maps: torch.Tensor, mode: str = "weldon", k: int = 1) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C) by WELDON (``weldon_pool``), global average or global max."""
+    if mode == "avg":
+        return maps.flatten(2).mean(-1)
+    if mode == "max":
+        return maps.flatten(2).amax(-1)
+    return weldon_pool(maps, k)
 
 
 def weldon_pool(maps: torch.Tensor, k: int = 1) -> torch.Tensor:
@@ -174,7 +188,7 @@ class DSVE(GroundingModel, SupportsRetrieval):
 
     def _embed_maps(self, g: torch.Tensor) -> torch.Tensor:
         """G (B, D', h, w) -> unit image embeddings x (B, d)."""
-        return F.normalize(self.project(self.proj_dropout(weldon_pool(g, self.cfg.pool_k))), dim=-1)
+        return F.normalize(self.project(self.proj_dropout(spatial_pool(g, self.cfg.pooling, self.cfg.pool_k))), dim=-1)
 
     def embed_images(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """{tap: (B, C, h, w)} -> unit image embeddings x (B, d)."""

@@ -35,6 +35,7 @@ class MLMCSConfig(BackboneConfig):
         level_ablation: "multi" (all levels), or a single level, "middle" or "last" (paper Table 3).
         grid: M, every level is resized to M×M.
         dim: D, the common space size.
+        loss_terms: "both" (paper: word- plus sentence-level loss), "words" or "sentence" (Table 3 ablation).
         mapping: "nonlinear" (paper: 3 conv / 2 FC layers with LeakyReLU) or "linear" (one linear layer each).
         text_encoder, text_encoder_args: the text encoder and its options.
         word_dim: size of learned word embeddings (a pretrained encoder brings its own).
@@ -64,6 +65,7 @@ class MLMCSConfig(BackboneConfig):
     gamma2: float = 10.0
     grounding: str = "words"
     word_heatmap_norm: str = "none"
+    loss_terms: str = "both"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -72,6 +74,7 @@ class MLMCSConfig(BackboneConfig):
             ("attention", self.attention, ("relu", "softmax")),
             ("grounding", self.grounding, ("words", "sentence")),
             ("word_heatmap_norm", self.word_heatmap_norm, ("none", "sum")),
+            ("loss_terms", self.loss_terms, ("both", "words", "sentence")),
         ):
             if value not in allowed:
                 raise ConfigError(f"mlmcs: {name} must be one of {allowed}, got {value!r}")
@@ -186,7 +189,9 @@ class MLMCS(GroundingModel):
         r_w, r_s = self.pair_scores(words, sent, mask, v)
         loss_w = batch_softmax_loss(r_w, self.cfg.gamma2, batch.image_index)
         loss_s = batch_softmax_loss(r_s, self.cfg.gamma2, batch.image_index)
-        return {"loss": loss_w + loss_s, "loss_words": loss_w.detach(), "loss_sentence": loss_s.detach()}
+        terms = self.cfg.loss_terms
+        loss = loss_w + loss_s if terms == "both" else loss_w if terms == "words" else loss_s
+        return {"loss": loss, "loss_words": loss_w.detach(), "loss_sentence": loss_s.detach()}
 
     def ground(
         self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]]
