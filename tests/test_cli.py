@@ -113,6 +113,24 @@ def test_evaluate_checkpoint_json(tiny_run, tiny_bench, tmp_path, capsys):
     assert 0 <= g["box"]["accuracy"] <= 1 and 0 <= g["attention_correctness"]["attention_correctness"] <= 1
 
 
+def test_evaluate_predictions_out_then_in(tiny_run, tiny_bench, tmp_path, capsys):
+    run, _ = tiny_run
+    preds = tmp_path / "p.jsonl"
+    code, _, err = _run(capsys, "evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(tiny_bench),
+                        "--split", "test", "--predictions-out", str(preds), "--heatmaps", "--json", str(tmp_path / "a.json"),
+                        "--quiet")
+    assert code == 0, err
+    code, _, err = _run(capsys, "evaluate", "--predictions", str(preds), "--data", str(tiny_bench), "--split", "test",
+                        "--json", str(tmp_path / "b.json"), "--quiet")
+    assert code == 0, err
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text())["grounding"] for n in "ab")
+    assert a["pointing"] == b["pointing"] and a["box"]["accuracy"] == b["box"]["accuracy"]
+    assert b["missing"] == 0 and b["scored_from"]["heatmap"] == a["pointing"]["n_evaluated"]
+    code, _, err = _run(capsys, "evaluate", "--predictions", str(preds), "--checkpoint", str(run / "best.pt"),
+                        "--data", str(tiny_bench))
+    assert code == 2 and "neither" in err
+
+
 def test_demo_end_to_end_small(tmp_path, capsys):
     code, out, err = _run(capsys, "demo", "--out", str(tmp_path / "d"), "--images", "30", "--epochs", "1", "--quiet",
                           "--set", "train.batch_size=4", "--set", "model_args.dim=16", "--set", "model_args.grid=4")

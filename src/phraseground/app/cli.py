@@ -122,7 +122,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if not samples:
         raise PhrasegroundError(f"{args.data}: split {args.split!r} has no images")
     frame = _box_frame(args)
-    if args.baseline:
+    if args.predictions:
+        if args.checkpoint or args.baseline:
+            raise PhrasegroundError("--predictions scores a file: give neither --checkpoint nor --baseline")
+        from ..eval.predictions import score_predictions
+
+        result = {"predictions": str(args.predictions), "data": str(args.data), "split": args.split, "box_frame": frame,
+                  "grounding": score_predictions(samples, Path(args.predictions), args.protocol, frame)}
+    elif args.baseline:
         if args.checkpoint:
             raise PhrasegroundError("give either --checkpoint or --baseline, not both")
         if args.report:
@@ -147,7 +154,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if args.task in ("grounding", "all"):
             from ..eval.grounding import evaluate_grounding
 
-            result["grounding"] = evaluate_grounding(model, fs, args.protocol, progress=not args.quiet, box_frame=frame)
+            writer = None
+            if args.predictions_out:
+                from ..eval.predictions import PredictionsWriter
+
+                writer = PredictionsWriter(Path(args.predictions_out), args.protocol, heatmaps=args.heatmaps)
+            result["grounding"] = evaluate_grounding(model, fs, args.protocol, progress=not args.quiet, box_frame=frame,
+                                                     on_phrase=writer)
+            if writer is not None:
+                writer.close()
+                result["predictions_out"] = str(args.predictions_out)
             if args.report:
                 from .report import evaluation_report
 
@@ -267,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--box-frame", default="auto",
                    choices=["auto", "flickr30k", "referit", "coco", "visual_genome", "xyxy"],
                    help="akbari2019: the boxes as MultiGrounding's loader had them (auto: from the dataset)")
+    s.add_argument("--predictions-out", metavar="FILE",
+                   help="write every phrase's point, box, hit and skip reason here (JSON lines, one image a line)")
+    s.add_argument("--heatmaps", action="store_true",
+                   help="with --predictions-out: also write each phrase's heatmap (.npz per image, named in the records)")
+    s.add_argument("--predictions", metavar="FILE",
+                   help="score this predictions file (what --predictions-out writes, or any system's) instead of a model")
     s.add_argument("--task", default="grounding", choices=["grounding", "retrieval", "all"])
     s.add_argument("--fold-size", type=int, default=1000, help="images per fold for the 1k-fold retrieval average")
     s.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
