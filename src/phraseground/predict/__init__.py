@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 
-import torch
 
 from ..errors import PhrasegroundError
 from ..eval.locate import locate, locate_candidates  # the eval layer's; re-exported here
