@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides.insert(0, f"model={args.model}")
     if args.max_image_pixels is not None:  # recorded in the run's config.yaml
         overrides.append(f"data.max_image_pixels={args.max_image_pixels}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
     cfg = load_config(args.config, overrides)
     summary = train(cfg, Path(args.out), resume=args.resume, progress=not args.quiet)
     best = summary["best_score"]
@@ -143,12 +146,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise PhrasegroundError("give --checkpoint CKPT (or --baseline center|random)")
         from ..models.checkpoint import model_from_checkpoint
         from ..train.config import DataConfig
+        from ..device import resolve_device
         from ..train.data import features_for
 
+        device = resolve_device(args.device)
         model, ckpt = model_from_checkpoint(Path(args.checkpoint))
+        model.to(device)
         data = DataConfig(root=str(args.data), format=args.format, feature_store=args.store or "",
                           feature_rebuild=args.rebuild)
-        fs = features_for(model, samples, data, args.split, progress=not args.quiet, quiet=args.quiet)
+        fs = features_for(model, samples, data, args.split, device, progress=not args.quiet, quiet=args.quiet)
         result = {"model": ckpt["model"], "checkpoint": str(args.checkpoint), "data": str(args.data),
                   "split": args.split, "box_frame": frame}
         if args.task in ("grounding", "all"):
@@ -207,7 +213,7 @@ def cmd_ground(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    report = run_demo(Path(args.out), model=args.model, images=args.images, epochs=args.epochs,
+    report = run_demo(Path(args.out), model=args.model, images=args.images, epochs=args.epochs, device=args.device,
                       progress=not args.quiet, overrides=args.set)
     print(f"\n{report['model']} on the synthetic test split ({report['n_phrases']} phrases, {report['protocol']}): "
           f"pointing accuracy {report['pointing_accuracy']:.4f} (centre baseline {report['baselines']['center']:.4f}, "
@@ -225,27 +231,143 @@ def _image_limit(s: argparse.ArgumentParser) -> None:
                         f"the config key data.max_image_pixels)")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (unless the help already states one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        d = action.default
+        if isinstance(action, argparse._StoreTrueAction):
+            d = "off"
+        elif isinstance(action, argparse._StoreFalseAction):
+            d = "on"
+        elif isinstance(action, argparse._CountAction):
+            d = d or 0
+        elif d is None or d == []:
+            d = "none"
+        return f"{text} (default: {str(d).replace('%', '%%')})"
+
+
+#: commands that run a model and take --device
+DEVICE_COMMANDS = ("train", "features", "evaluate", "ground", "demo", "serve")
+
+
+def _common_options(s: argparse.ArgumentParser, name: str) -> None:
+    """-q/-v on every command, --device on those that run a model, defaults in every help."""
+    s.formatter_class = HelpFormatter
+    have = s._option_string_actions
+    if "--quiet" not in have:
+        s.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no info messages (errors "
+                                                                  "and the result lines only)")
+    if "--verbose" not in have:
+        s.add_argument("-v", "--verbose", action="count", default=0, help="debug log messages")
+    if name in DEVICE_COMMANDS and "--device" not in have:
+        s.add_argument("--device", default=None if name == "train" else "auto",
+                       help="auto (CUDA when present; cuda:LOCAL_RANK under torchrun), cpu, cuda or cuda:N"
+                            + (" (default: the config's train.device, auto)" if name == "train" else ""))
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the message (tests swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+_LOG_HANDLER: logging.Handler | None = None
+
+
+def _setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """The library logs through ``logging`` (logger ``phraseground``); the command shows it on stderr."""
+    global _LOG_HANDLER
+    logger = logging.getLogger("phraseground")
+    if _LOG_HANDLER is not None:
+        logger.removeHandler(_LOG_HANDLER)
+    _LOG_HANDLER = _StderrHandler()
+    _LOG_HANDLER.setFormatter(logging.Formatter("phraseground: %(levelname)s: %(message)s"
+                                                if verbose else "phraseground: %(message)s"))
+    logger.addHandler(_LOG_HANDLER)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
+def _teardown_logging() -> None:
+    """Detach the command's handler (``main`` called in-process leaves the library silent again)."""
+    global _LOG_HANDLER
+    logger = logging.getLogger("phraseground")
+    if _LOG_HANDLER is not None:
+        logger.removeHandler(_LOG_HANDLER)
+        _LOG_HANDLER = None
+    logger.setLevel(logging.NOTSET)
+
+
+# what each layout of `prepare` expects under ROOT (the readers' module docs have the details)
+DATASET_FILES = {
+    "flickr30k": ["Sentences/<id>.txt", "Annotations/<id>.xml", "train.txt, val.txt, test.txt",
+                  "images/<id>.jpg (or flickr30k-images/, flickr30k_images/)"],
+    "coco": ["annotations/captions_{train,val}<year>.json", "{train,val}<year>/<file_name>"],
+    "coco-karpathy": ["dataset_coco.json (Karpathy's split file)", "<filepath>/<filename> (train2014/, val2014/)"],
+    "referit": ["<dataset>/refs(<split_by>).p (or .json)", "<dataset>/instances.json",
+                "images/saiapr_tc-12/ (refclef; refcoco*: images/mscoco/images/train2014/)"],
+    "referit-hu": ["ReferitData/RealGames.txt or CannedGames.txt (or data/metadata/referit_*_dict.json)",
+                   "data/split/referit_<split>_imlist.txt", "ImageCLEF/images/<image>.jpg",
+                   "ImageCLEF/mask/<image>_<region>.mat"],
+    "vg": ["image_data.json", "region_descriptions.json", "VG_100K/<id>.jpg, VG_100K_2/<id>.jpg"],
+}
+DATASET_SPLITS = {"flickr30k": "train, val, test", "coco": "train, val", "coco-karpathy": "train, val, test, restval",
+                  "referit": "train, val, test, ... (as in the refs)", "referit-hu": "train, val, test, trainval, all",
+                  "vg": "train, test (Akbari et al. 2019)"}
+
+
+def _datasets_epilog() -> str:
+    import inspect
+
+    from ..data.index import DATASETS
+
+    lines = ["datasets (ROOT = --root):"]
+    for name, reader in DATASETS.items():
+        lines.append(f"  {name}")
+        for f in DATASET_FILES.get(name, ["see the reader's documentation"]):
+            lines.append(f"      ROOT/{f}")
+        if name in DATASET_SPLITS:
+            lines.append(f"      --split: {DATASET_SPLITS[name]}")
+        opts = [f"{p.name}={p.default!s}" for p in inspect.signature(reader).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        lines.append(f"      --option keys: {', '.join(opts) if opts else 'none'}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    p = argparse.ArgumentParser(prog="phraseground", description="Image-phrase grounding: mlmcs, dsve, attnreg.")
-    p.add_argument("--version", action="version", version=f"phraseground {__version__}")
+    p = argparse.ArgumentParser(prog="phraseground", description="Image-phrase grounding: mlmcs, dsve, attnreg.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"phraseground {__version__}", help="print the version")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write the synthetic benchmark in Flickr30k Entities format")
-    s.add_argument("out_dir")
-    s.add_argument("--images", type=int, default=2500)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("out_dir", help="folder to write the benchmark into")
+    s.add_argument("--images", type=int, default=2500, help="number of images (split 80 / 4 / 16 %% train / val / test)")
+    s.add_argument("--seed", type=int, default=0, help="everything is a function of the seed")
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
-    s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("prepare", help="validate a dataset once and write its index")
-    s.add_argument("dataset", help="flickr30k, coco, coco-karpathy, referit, referit-hu, vg")
-    s.add_argument("--root", required=True)
+    s = sub.add_parser("prepare", help="validate a dataset once and write its index",
+                       description="Read a dataset, validate it once and write a compact index that train and "
+                                   "evaluate read with data.format: index.",
+                       epilog=_datasets_epilog())
+    s.add_argument("dataset", help="the dataset's layout (listed below with the files each expects)")
+    s.add_argument("--root", required=True, help="the dataset folder (ROOT below)")
     s.add_argument("--out", required=True, help="index file (.json or .json.gz); missing folders are created")
-    s.add_argument("--split", default=None)
-    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="reader option")
+    s.add_argument("--split", default=None, help="the reader's split name (listed below); none = every image")
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a reader option of the dataset (the keys are listed below; repeatable)")
     _image_limit(s)
     s.set_defaults(func=cmd_prepare)
 
@@ -253,10 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=None,
                    help="YAML config (default: the model's documented default, configs/<model>_synthetic.yaml)")
     s.add_argument("--model", default=None, help="registered model (default: the config's, else mlmcs)")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. train.epochs=3 (repeatable)")
     s.add_argument("--out", required=True, help="run folder (created with its missing parents; must not be a file)")
-    s.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--resume", action="store_true", help="continue from RUN/last.pt exactly")
     _image_limit(s)
     s.set_defaults(func=cmd_train)
 
@@ -274,12 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_features)
 
     s = sub.add_parser("evaluate", help="evaluate a checkpoint or a baseline on a dataset split")
-    s.add_argument("--checkpoint")
-    s.add_argument("--baseline", choices=["center", "random"])
+    s.add_argument("--checkpoint", help="a training checkpoint to evaluate")
+    s.add_argument("--baseline", choices=["center", "random"], help="evaluate a baseline instead of a checkpoint")
     s.add_argument("--data", required=True, help="Flickr30k Entities directory (or index folder with --format index)")
-    s.add_argument("--format", default="flickr30k", choices=["flickr30k", "index"])
-    s.add_argument("--split", default="test")
-    s.add_argument("--protocol", default="akbari2019", choices=["akbari2019", "engilberge2018", "tolerance15"])
+    s.add_argument("--format", default="flickr30k", choices=["flickr30k", "index"], help="how --data is laid out")
+    s.add_argument("--split", default="test", help="the split to evaluate")
+    s.add_argument("--protocol", default="akbari2019", choices=["akbari2019", "engilberge2018", "tolerance15"],
+                   help="pointing protocol (see the README's table)")
     s.add_argument("--box-frame", default="auto",
                    choices=["auto", "flickr30k", "referit", "coco", "visual_genome", "xyxy"],
                    help="akbari2019: the boxes as MultiGrounding's loader had them (auto: from the dataset)")
@@ -289,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --predictions-out: also write each phrase's heatmap (.npz per image, named in the records)")
     s.add_argument("--predictions", metavar="FILE",
                    help="score this predictions file (what --predictions-out writes, or any system's) instead of a model")
-    s.add_argument("--task", default="grounding", choices=["grounding", "retrieval", "all"])
+    s.add_argument("--task", default="grounding", choices=["grounding", "retrieval", "all"],
+                   help="what to measure (retrieval: models with a joint embedding)")
     s.add_argument("--fold-size", type=int, default=1000, help="images per fold for the 1k-fold retrieval average")
     s.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     s.add_argument("--store", default=None, metavar="DIR",
@@ -297,7 +421,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rebuild", action="store_true", help="re-extract corrupted or truncated store shards")
     s.add_argument("--json", help="write the full report to this file (missing folders are created)")
     s.add_argument("--report", metavar="DIR", help="write report.html and report.md (plots, overlay grids) into DIR")
-    s.add_argument("--quiet", action="store_true")
     _image_limit(s)
     s.set_defaults(func=cmd_evaluate)
 
@@ -305,26 +428,26 @@ def build_parser() -> argparse.ArgumentParser:
     from .ground import add_arguments
 
     add_arguments(s)
-    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
     _image_limit(s)
     s.set_defaults(func=cmd_ground)
 
     s = sub.add_parser("demo", help="end to end on the synthetic benchmark: generate, train, evaluate, report")
-    s.add_argument("--out", default="runs/demo")
-    s.add_argument("--model", default="mlmcs")
+    s.add_argument("--out", default="runs/demo", help="folder for the benchmark, the run, the report and overlays")
+    s.add_argument("--model", default="mlmcs", help="registered model to train")
     s.add_argument("--images", type=int, default=None, help="benchmark size (default: the model's demo config)")
-    s.add_argument("--epochs", type=int, default=None)
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's demo config)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     _image_limit(s)
     s.set_defaults(func=cmd_demo)
+    for name, command in sub.choices.items():
+        _common_options(command, name)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
     try:
         if getattr(args, "max_image_pixels", None) is not None:
             from ..data.images import set_max_pixels
@@ -337,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("phraseground: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _teardown_logging()
     return int(rc or 0)
 
 

@@ -273,7 +273,7 @@ def _extra_lines(summary: dict) -> list[str]:
     if "train_seconds" in summary:
         lines.append(f"Training: {summary['train_seconds']:.0f} s"
                      + (f"; whole demo {summary['total_seconds']:.0f} s" if "total_seconds" in summary else "")
-                     + (f"; peak memory {summary['peak_memory_mb']:.0f} MB" if "peak_memory_mb" in summary else "")
+                     + (f"; peak memory {summary['peak_memory_mb']:.0f} MB" if summary.get("peak_memory_mb") is not None else "")
                      + ".")
     if "retrieval" in summary:
         lines.append("Retrieval (full test split): " + json.dumps(summary["retrieval"]))

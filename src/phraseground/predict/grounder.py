@@ -92,7 +92,7 @@ class Grounder:
         #: counters: backbone forward calls and images passed through the backbone
         self.stats = {"backbone_calls": 0, "backbone_images": 0}
         self._lock = threading.Lock()  # forward hooks keep state: one forward at a time
-        log.info("grounder: %s on %s (backbone %s, levels %s)", model.model_name, self.device, needs.backbone, self.levels)
+        log.debug("grounder: %s on %s (backbone %s, levels %s)", model.model_name, self.device, needs.backbone, self.levels)
 
     # construction -------------------------------------------------------------------------
     @classmethod

@@ -48,7 +48,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     grad_clip: float = 0.0
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     val_protocol: str = "akbari2019"
     val_max_images: int = 200
     checkpoint_every: int = 200  # steps between mid-epoch `last` checkpoints (0: epoch ends only)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import random
@@ -23,6 +24,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from ..device import resolve_device
 from ..encoders.text import Vocab, tokenize
 from ..errors import PhrasegroundError
 from ..io import write_text
@@ -31,6 +33,8 @@ from ..models.registry import create_model
 from .config import ExperimentConfig
 from .data import (FeatureSet, box_frame_of, ensure_synthetic, features_for, load_split, make_batch,
                    training_items)
+
+log = logging.getLogger(__name__)
 
 
 def _dist_info() -> tuple[int, int]:
@@ -119,7 +123,9 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
     if cfg.data.max_image_pixels:
         set_max_pixels(cfg.data.max_image_pixels)
     tc = cfg.train
-    device = torch.device(tc.device)
+    device = resolve_device(tc.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and the default CUDA stream of this rank
     if rank == 0:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,8 +252,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
             score = validation_score(model.supervision, last_report)
             _append_jsonl(log_path, {"epoch": epoch, "step": state["global_step"], "val_score": score,
                                      "val_pointing": last_report["pointing"]["accuracy"]})
-            if progress:
-                print(f"epoch {epoch + 1}: validation score {score:.4f}", flush=True)
+            log.info("epoch %d: validation score %.4f", epoch + 1, score)
             if score > state["best_score"]:
                 state["best_score"] = score
                 best_report = last_report
