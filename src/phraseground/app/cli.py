@@ -391,7 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None, help="images per backbone forward (default: train.feature_batch)")
     s.add_argument("--workers", type=int, default=None, help="DataLoader workers decoding images (default: 0 on CPU, up to 8 on CUDA)")
     s.add_argument("--rebuild", action="store_true", help="re-extract corrupted or truncated shards")
-    s.add_argument("--quiet", action="store_true")
     _image_limit(s)
     s.set_defaults(func=cmd_features)
 
