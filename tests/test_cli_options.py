@@ -8,13 +8,14 @@ import inspect
 import pytest
 import torch
 
-from phraseground.app.cli import DEVICE_COMMANDS, HelpFormatter, build_parser, main
+import phraseground.app.cli as cli  # the CLI itself is what these tests test
+from phraseground.app.cli import main
 from phraseground.device import resolve_device
 from phraseground.errors import ConfigError
 
 
 def _commands():
-    parser = build_parser()
+    parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return sub.choices
 
@@ -22,7 +23,7 @@ def _commands():
 @pytest.mark.parametrize("name", sorted(_commands()))
 def test_every_option_has_help_with_its_default_and_q_v(name):
     command = _commands()[name]
-    fmt = HelpFormatter(name)
+    fmt = cli.HelpFormatter(name)
     for action in command._actions:
         if not action.option_strings or isinstance(action, argparse._HelpAction):
             continue
@@ -30,7 +31,7 @@ def test_every_option_has_help_with_its_default_and_q_v(name):
         assert action.help and "default" in text, (name, action.option_strings, text)
     options = command._option_string_actions
     assert "-q" in options and "--quiet" in options and "-v" in options and "--verbose" in options
-    if name in DEVICE_COMMANDS:
+    if name in cli.DEVICE_COMMANDS:
         assert "--device" in options
 
 
@@ -91,8 +92,6 @@ def test_library_logs_and_never_prints(tiny_bench, tmp_path, capsys, caplog):
 
 def test_quiet_and_verbose_set_the_log_level(tiny_bench, tmp_path, capsys):
     import logging
-
-    from phraseground.app import cli
 
     levels = []
     real = cli.cmd_synth
