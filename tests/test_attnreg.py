@@ -222,7 +222,7 @@ def test_initial_box_is_centred_and_attention_alive(box_output):
     {"dropout": 1.0}, {"grid": 0}, {"box_units": 0.0}, {"attention_init": -0.1}, {"text_encoder": "elmo"},
 ])
 def test_bad_config_values_are_config_errors(bad):
-    with pytest.raises(ConfigError, match="attnreg"):
+    with pytest.raises(ConfigError, match=rf"config: model_args\.{next(iter(bad))}: "):
         build_config("attnreg", bad)
 
 

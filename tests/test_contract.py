@@ -40,7 +40,7 @@ def test_config_values_are_typed_with_the_key_path():
         ("train.caption_sampling=some", "config: train.caption_sampling: expected one of ['all', 'one']"),
         ("train.epoch=3", "config: train.epoch: unknown option; did you mean 'epochs'?"),
         ("model_args.levels=[c2]", "config: model_args.levels: renamed: use model_args.taps"),
-        ("model_args.taps=[c9]", "config: model_args: taps: backbone synthcnn has no tap(s) ['c9']"),
+        ("model_args.taps=[c9]", "config: model_args.taps: backbone synthcnn has no tap(s) ['c9']"),
         ("trian.epochs=3", "config: trian: unknown section"),
         ("model=nope", "config: model: unknown model 'nope'"),
     ]:

@@ -165,7 +165,12 @@ def from_data(cls: type, values: Any, path: str = "") -> Any:
             obj.validate()
     except ConfigError as e:
         message = str(e)
-        raise (e if message.startswith("config:") else _fail(path, message)) from None
+        if message.startswith("config:"):
+            raise
+        field, sep, rest = message.partition(": ")
+        if sep and field in fields:  # "<field>: <problem>" -> the field's key path
+            raise _fail(_join(path, field), rest) from None
+        raise _fail(path, message) from None
     return obj
 
 

@@ -1,7 +1,7 @@
 """The small CNN that stands in for an ImageNet backbone on the synthetic benchmark.
 
 Pretrained by the project on a synthetic classification task (shape, colour and size of one
-object on a textured background; ``benchmarks/pretrain_synthcnn.py``), then frozen. Taps:
+object on a textured background; ``scripts/pretrain_synthcnn.py``), then frozen. Taps:
 ``c2`` (stride 4), ``c3`` (stride 8), ``c4`` (stride 16).
 """
 from __future__ import annotations

@@ -226,7 +226,7 @@ def resolve_weights(spec: BackboneSpec, weights: str | None) -> Path:
         path = PACKAGE_WEIGHTS / spec.weights_id
         if not path.is_file():
             raise WeightsNotFoundError(
-                f"{spec.name}: {path} is missing; rebuild it with `python benchmarks/pretrain_synthcnn.py`"
+                f"{spec.name}: {path} is missing; rebuild it with `python scripts/pretrain_synthcnn.py`"
             )
         return path
     if spec.source == "torchvision":

@@ -18,6 +18,7 @@ either a sigmoid box or the GIoU loss alone was enough.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,6 @@ from . import box_loss
 from .base import BackboneConfig, GroundingModel, GroundingResult, TrainBatch
 from .registry import register_model
 from .text_factory import create_text_encoder
-
-ATTENTION_MODES = ("image+text", "image", "none")
-BOX_OUTPUTS = ("relu", "sigmoid")
-TEXT_ENCODERS = ("learned", "word_table")  # word vectors -> BiLSTM, as the paper
 
 
 @dataclass
@@ -72,11 +69,11 @@ class AttnRegConfig(BackboneConfig):
     """
 
     grid: int = 16
-    text_encoder: str = "learned"
+    text_encoder: Literal["learned", "word_table"] = "learned"  # word vectors -> BiLSTM, as the paper
     text_encoder_args: dict = field(default_factory=dict)
     word_dim: int = 128
     lstm_hidden: int = 128
-    attention: str = "image+text"
+    attention: Literal["image+text", "image", "none"] = "image+text"
     attention_init: float = 0.05
     image_attention_layers: int = 2
     image_attention_hidden: int = 256
@@ -85,30 +82,19 @@ class AttnRegConfig(BackboneConfig):
     region_layers: int = 2
     region_hidden: int = 256
     dropout: float = 0.0
-    box_output: str = "sigmoid"
+    box_output: Literal["relu", "sigmoid"] = "sigmoid"
     box_units: float = 128.0
-    iou_loss: str = "giou"
+    iou_loss: Literal["iou", "giou"] = "giou"
     lambda_se: float = 1e-4
     lambda_area: float = 1e-5
     area_penalty: bool = True
 
-    def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("attention", self.attention, ATTENTION_MODES),
-            ("box_output", self.box_output, BOX_OUTPUTS),
-            ("iou_loss", self.iou_loss, box_loss.IOU_LOSSES),
-            ("text_encoder", self.text_encoder, TEXT_ENCODERS),
-        ):
-            if value not in allowed:
-                raise ConfigError(f"attnreg: {name} must be one of {allowed}, got {value!r}")
-        for name in ("grid", "image_attention_layers", "image_attention_hidden", "text_attention_layers",
-                     "text_attention_hidden", "region_layers", "region_hidden", "word_dim", "lstm_hidden"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"attnreg: {name} must be at least 1, got {getattr(self, name)!r}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"attnreg: dropout must lie in [0, 1), got {self.dropout!r}")
-        if self.box_units <= 0 or min(self.lambda_se, self.lambda_area, self.attention_init) < 0:
-            raise ConfigError("attnreg: box_units must be positive; the λ weights and attention_init non-negative")
+    at_least_one: ClassVar[tuple[str, ...]] = (
+        "grid", "image_attention_layers", "image_attention_hidden", "text_attention_layers", "text_attention_hidden",
+        "region_layers", "region_hidden", "word_dim", "lstm_hidden")
+    fractions: ClassVar[tuple[str, ...]] = ("dropout",)
+    non_negative: ClassVar[tuple[str, ...]] = ("lambda_se", "lambda_area", "attention_init")
+    positive: ClassVar[tuple[str, ...]] = ("box_units",)
 
     def feature_grid(self) -> int | None:
         return self.grid

@@ -19,7 +19,7 @@ A model declares, once:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 import torch
 from torch import nn
@@ -46,6 +46,11 @@ class BackboneConfig:
 
     #: how many taps the model reads (None: one or more)
     n_taps: ClassVar[int | None] = None
+    #: fields checked by ``validate``: at least 1, in [0, 1), at least 0, above 0
+    at_least_one: ClassVar[tuple[str, ...]] = ()
+    fractions: ClassVar[tuple[str, ...]] = ()
+    non_negative: ClassVar[tuple[str, ...]] = ()
+    positive: ClassVar[tuple[str, ...]] = ()
 
     def default_taps(self, spec: BackboneSpec) -> list[str]:
         """Taps used when ``taps`` is empty (default: all the backbone's default levels)."""
@@ -64,7 +69,19 @@ class BackboneConfig:
         return FeatureSpec(self.backbone, str(self.backbone_weights), tuple(self.used_taps()), self.feature_grid())
 
     def validate(self) -> None:
-        """The taps check, written once: every tap exists in the backbone, and as many as the model reads."""
+        """Checks written once for every model config: ``Literal`` fields hold one of their
+        values, the declared ranges hold, every tap exists in the backbone and there are as many
+        as the model reads. Subclasses add cross-field checks (calling this first)."""
+        for name, annotation in get_type_hints(type(self)).items():
+            if get_origin(annotation) is Literal and getattr(self, name) not in get_args(annotation):
+                raise ConfigError(f"{name}: expected one of {list(get_args(annotation))}, got {getattr(self, name)!r}")
+        for names, ok, what in ((self.at_least_one, lambda v: v >= 1, "at least 1"),
+                                (self.fractions, lambda v: 0 <= v < 1, "in [0, 1)"),
+                                (self.non_negative, lambda v: v >= 0, "at least 0"),
+                                (self.positive, lambda v: v > 0, "above 0")):
+            for name in names:
+                if not ok(getattr(self, name)):
+                    raise ConfigError(f"{name}: must be {what}, got {getattr(self, name)!r}")
         spec = get_backbone_spec(self.backbone)
         taps = self.used_taps()
         missing = [t for t in taps if t not in spec.channels]

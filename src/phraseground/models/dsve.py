@@ -19,7 +19,7 @@ benchmark, hardest negatives from the first step collapse the embedding (DESIGN.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +31,6 @@ from .base import BackboneConfig, GroundingModel, GroundingResult, SupportsRetri
 from .registry import register_model
 from .sru import SRU
 from .text_factory import create_text_encoder
-
-DSVE_TEXT_ENCODERS = ("learned", "word_table")
 
 
 @dataclass
@@ -64,7 +62,7 @@ class DSVEConfig(BackboneConfig):
     dim: int = 256
     pool_k: int = 1
     proj_dropout: float = 0.0
-    text_encoder: str = "learned"
+    text_encoder: Literal["learned", "word_table"] = "learned"
     text_encoder_args: dict = field(default_factory=dict)
     word_dim: int = 256
     sru_layers: int = 2
@@ -73,30 +71,21 @@ class DSVEConfig(BackboneConfig):
     warmup_epochs: int = 3
     frozen_adapt_epochs: int = 0
     localize_k: int = 30
-    pooling: str = "weldon"
+    pooling: Literal["weldon", "avg", "max"] = "weldon"
 
     n_taps: ClassVar[int | None] = 1
+    at_least_one: ClassVar[tuple[str, ...]] = ("maps", "dim", "pool_k", "word_dim", "sru_layers", "localize_k")
+    fractions: ClassVar[tuple[str, ...]] = ("proj_dropout", "sru_dropout")
+    non_negative: ClassVar[tuple[str, ...]] = ("warmup_epochs", "frozen_adapt_epochs")
+    positive: ClassVar[tuple[str, ...]] = ("margin",)
 
     def default_taps(self, spec: BackboneSpec) -> list[str]:
         return [spec.default_levels[-1]]
 
-    def __post_init__(self) -> None:
-        if self.pooling not in ("weldon", "avg", "max"):
-            raise ConfigError(f"dsve: pooling must be one of ('weldon', 'avg', 'max'), got {self.pooling!r}")
-        if self.text_encoder not in DSVE_TEXT_ENCODERS:
-            raise ConfigError(f"dsve: text_encoder must be one of {DSVE_TEXT_ENCODERS}, got {self.text_encoder!r}")
-        for name in ("maps", "dim", "pool_k", "word_dim", "sru_layers", "localize_k"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"dsve: {name} must be >= 1, got {getattr(self, name)!r}")
+    def validate(self) -> None:
+        super().validate()
         if self.localize_k > self.dim:
-            raise ConfigError(f"dsve: localize_k ({self.localize_k}) cannot exceed dim ({self.dim})")
-        for name in ("proj_dropout", "sru_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"dsve: {name} must lie in [0, 1), got {getattr(self, name)!r}")
-        if self.margin <= 0:
-            raise ConfigError(f"dsve: margin must be > 0, got {self.margin!r}")
-        if self.warmup_epochs < 0 or self.frozen_adapt_epochs < 0:
-            raise ConfigError("dsve: warmup_epochs and frozen_adapt_epochs must be >= 0")
+            raise ConfigError(f"localize_k: cannot exceed dim ({self.dim}), got {self.localize_k}")
 
 
 def spatial_pool(maps: torch.Tensor, mode: str = "weldon", k: int = 1) -> torch.Tensor:

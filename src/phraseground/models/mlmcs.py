@@ -12,6 +12,7 @@ path gives R_s = max_l cos(a_l, s̄). Loss: batch softmax (γ2) in both directio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,33 +52,24 @@ class MLMCSConfig(BackboneConfig):
             the paper — measured in README "Measured notes").
     """
 
-    level_ablation: str = "multi"
+    level_ablation: Literal["multi", "middle", "last"] = "multi"
     grid: int = 16
     dim: int = 256
-    mapping: str = "nonlinear"
+    mapping: Literal["nonlinear", "linear"] = "nonlinear"
     leaky_slope: float = 0.25
     text_encoder: str = "learned"
     text_encoder_args: dict = field(default_factory=dict)
     word_dim: int = 256
     word_layers: list[int] = field(default_factory=lambda: [0])
-    attention: str = "relu"
+    attention: Literal["relu", "softmax"] = "relu"
     gamma1: float = 5.0
     gamma2: float = 10.0
-    grounding: str = "words"
-    word_heatmap_norm: str = "none"
-    loss_terms: str = "both"
+    grounding: Literal["words", "sentence"] = "words"
+    word_heatmap_norm: Literal["none", "sum"] = "none"
+    loss_terms: Literal["both", "words", "sentence"] = "both"
 
-    def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("level_ablation", self.level_ablation, ("multi", "middle", "last")),
-            ("mapping", self.mapping, ("nonlinear", "linear")),
-            ("attention", self.attention, ("relu", "softmax")),
-            ("grounding", self.grounding, ("words", "sentence")),
-            ("word_heatmap_norm", self.word_heatmap_norm, ("none", "sum")),
-            ("loss_terms", self.loss_terms, ("both", "words", "sentence")),
-        ):
-            if value not in allowed:
-                raise ConfigError(f"mlmcs: {name} must be one of {allowed}, got {value!r}")
+    at_least_one: ClassVar[tuple[str, ...]] = ("grid", "dim", "word_dim")
+    positive: ClassVar[tuple[str, ...]] = ("gamma1", "gamma2")
 
     def feature_grid(self) -> int | None:
         return self.grid

@@ -21,14 +21,20 @@ def register_model(name: str, config_cls: type) -> Callable[[type[GroundingModel
     return wrap
 
 
-MODEL_MODULES = ("mlmcs", "dsve", "attnreg")
+#: modules of this package that hold no model (every other module is imported: importing a
+#: model module registers it, so a new model is one new file, ``models/<name>.py``)
+SUPPORT_MODULES = ("base", "registry", "checkpoint", "text_factory", "sru", "box_loss")
 
 
 def _ensure_loaded() -> None:
     import importlib
+    import pkgutil
 
-    for module in MODEL_MODULES:  # importing a model module registers it
-        importlib.import_module(f"{__package__}.{module}")
+    from . import __path__ as package_path
+
+    for info in pkgutil.iter_modules(package_path):
+        if info.name not in SUPPORT_MODULES and not info.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 def list_models() -> list[str]:

@@ -60,12 +60,12 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "feature_batch", "vocab_min_count"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         for name in ("val_max_images", "checkpoint_every", "max_steps"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name}: must be at least 0, got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr: must be above 0, got {self.lr}")
 
 
 @dataclass

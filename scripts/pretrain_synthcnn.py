@@ -4,21 +4,21 @@ Task: classify the shape, colour and size of one object on a textured background
 drawn on the fly by the synthetic benchmark's renderer). Writes
 ``src/phraseground/weights/synthcnn.safetensors`` (atomically) and its ``.sha256``.
 
-    python benchmarks/pretrain_synthcnn.py [--minutes 4] [--seed 0]
+    python scripts/pretrain_synthcnn.py [--minutes 4] [--seed 0]
 """
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from phraseground.data.synthetic import COLOURS, SHAPES, SIZES, render_single_object
 from phraseground.encoders.synthcnn import SynthCNN
+from phraseground.io import write_bytes, write_text
 from phraseground.encoders.vision import PACKAGE_WEIGHTS, get_backbone_spec, sha256_file
 from phraseground.features import images_to_tensor
 
@@ -63,12 +63,9 @@ def main() -> None:
                 vo = net(val_x)
             acc = {k: round((vo[k].argmax(1) == val_y[k]).float().mean().item(), 3) for k in vo}
             print(f"step {step} {time.time() - start:.0f}s loss {loss.item():.3f} val acc {acc}", flush=True)
-    PACKAGE_WEIGHTS.mkdir(parents=True, exist_ok=True)
     out = PACKAGE_WEIGHTS / "synthcnn.safetensors"
-    tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, out)
-    (PACKAGE_WEIGHTS / "synthcnn.sha256").write_text(sha256_file(out) + "  synthcnn.safetensors\n")
+    write_bytes(out, save({k: v.contiguous() for k, v in net.state_dict().items()}))
+    write_text(PACKAGE_WEIGHTS / "synthcnn.sha256", sha256_file(out) + "  synthcnn.safetensors\n")
     print(f"wrote {out} after {step} steps")
 
 
