@@ -35,6 +35,23 @@ def _font(size: int):
     return ImageFont.load_default(size=max(8, size))
 
 
+def _heat_colours(heatmap: torch.Tensor, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) colours (0-255) of a non-negative heatmap scaled to its peak, and (H, W, 1)
+    opacities ``alpha * sqrt(heat)``: cold regions stay transparent."""
+    hm = torch.as_tensor(heatmap).detach().float().clamp_min(0).cpu().numpy()
+    peak = hm.max() if hm.size else 0.0
+    norm = hm / peak if peak > 0 else hm
+    colour = (colormaps[COLOUR_MAP](norm)[..., :3] * 255).astype(np.float32)
+    return colour, (alpha * np.sqrt(norm))[..., None].astype(np.float32)
+
+
+def heat_layer(heatmap: torch.Tensor, alpha: float = 0.75) -> Image.Image:
+    """The heatmap alone as an RGBA image (magma, opacity growing with the heat), to lay over
+    the picture (the web page does)."""
+    colour, a = _heat_colours(heatmap, alpha)
+    return Image.fromarray(np.concatenate([colour, a * 255], axis=-1).round().clip(0, 255).astype(np.uint8), "RGBA")
+
+
 def overlay(image: Image.Image, heatmap: torch.Tensor | None, point: tuple[float, float] | None = None,
             box: Box | None = None, label: str | None = None, alpha: float = 0.6,
             gt_boxes: Sequence[Box] = ()) -> Image.Image:
@@ -46,13 +63,9 @@ def overlay(image: Image.Image, heatmap: torch.Tensor | None, point: tuple[float
     """
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     if heatmap is not None:
-        hm = heatmap.detach().float().clamp_min(0).cpu().numpy()
-        if hm.shape != (image.height, image.width):
-            raise ValueError(f"heatmap {hm.shape} does not match the image {(image.height, image.width)}")
-        peak = hm.max()
-        norm = hm / peak if peak > 0 else hm
-        colour = (colormaps[COLOUR_MAP](norm)[..., :3] * 255).astype(np.float32)  # (H, W, 3)
-        a = (alpha * np.sqrt(norm))[..., None]  # (H, W, 1): cold regions keep the image visible
+        if tuple(heatmap.shape) != (image.height, image.width):
+            raise ValueError(f"heatmap {tuple(heatmap.shape)} does not match the image {(image.height, image.width)}")
+        colour, a = _heat_colours(heatmap, alpha)
         base = base * (1 - a) + colour * a
     out = Image.fromarray(base.round().clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)

@@ -1,4 +1,4 @@
-"""The ``phraseground`` command: synth, prepare, features, train, evaluate, ground, demo.
+"""The ``phraseground`` command: synth, prepare, features, train, evaluate, ground, demo, serve.
 
 Bad input (files, options, checkpoints) ends with one ``phraseground: error: ...`` line on
 stderr and exit status 2.
@@ -343,6 +343,19 @@ def _datasets_epilog() -> str:
     return "\n".join(lines)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import DEFAULT_MAX_PIXELS, Limits, default_slots, run_server
+
+    if not 0 < args.port < 65536:
+        raise PhrasegroundError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_upload_mb <= 0 or args.max_phrases < 1 or args.max_phrase_chars < 1 or args.batch_size < 1:
+        raise PhrasegroundError("--max-upload-mb, --max-phrases, --max-phrase-chars and --batch-size must be positive")
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_image_pixels or DEFAULT_MAX_PIXELS,
+                    max_phrases=args.max_phrases, max_phrase_chars=args.max_phrase_chars)
+    slots = default_slots(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    run_server(slots, args.host, args.port, limits, log_level="warning" if args.quiet else "info")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -429,6 +442,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(s)
     _image_limit(s)
     s.set_defaults(func=cmd_ground)
+
+    s = sub.add_parser("serve", help="a web page and a JSON API (POST /ground) over a model (extra [web])")
+    s.add_argument("--checkpoint", default=None,
+                   help="a training checkpoint (default: cam, which needs none, and the demo's runs/demo/run/best.pt "
+                        "when it exists)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
+    s.add_argument("--batch-size", type=int, default=8, help="images per model batch")
+    s.add_argument("--max-upload-mb", type=float, default=20, help="largest upload in MB (default 20)")
+    s.add_argument("--max-phrases", type=int, default=16, help="phrases per request (default 16)")
+    s.add_argument("--max-phrase-chars", type=int, default=300, help="characters per phrase (default 300)")
+    s.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                   help="refuse uploads of more than N pixels, checked on the header before decoding (default 40000000)")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="end to end on the synthetic benchmark: generate, train, evaluate, report")
     s.add_argument("--out", default="runs/demo", help="folder for the benchmark, the run, the report and overlays")
