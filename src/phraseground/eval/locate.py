@@ -16,6 +16,17 @@ from phraseground.eval.metrics import point_from_argmax, resize_heatmap, union_b
 LOCATE_METHODS = ("nms", "heat2bbox")
 
 
+def regressed_box_pixels(box: torch.Tensor, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """A regressed box (fractions of the image, xyxy) in pixels, put in order and clipped to the
+    image; None when it is not finite or has no area inside the image."""
+    b = box.detach().double().cpu() * torch.tensor([width, height, width, height], dtype=torch.float64)
+    if not bool(torch.isfinite(b).all()):
+        return None
+    x0, x1 = (min(max(v, 0.0), float(width)) for v in sorted((float(b[0]), float(b[2]))))
+    y0, y1 = (min(max(v, 0.0), float(height)) for v in sorted((float(b[1]), float(b[3]))))
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
 def locate_candidates(heatmap: torch.Tensor, box: torch.Tensor | None, width: int, height: int,
                       method: str = "nms"):
     """``locate`` plus the candidate boxes it chose from: a list of (pixel xyxy, score), best first.
@@ -33,8 +44,8 @@ def locate_candidates(heatmap: torch.Tensor, box: torch.Tensor | None, width: in
     top = float(hm.max())
     point = point_from_argmax(hm, width, height) if top > 0 else None
     if box is not None:
-        pixels = (box.float().cpu() * torch.tensor([width, height, width, height])).tolist()
-        return hm, point, tuple(pixels), [(tuple(pixels), 1.0)]
+        pixels = regressed_box_pixels(box, width, height)
+        return hm, point, pixels, [] if pixels is None else [(pixels, 1.0)]
     if method == "heat2bbox":
         b, s = ak.heat2bbox(low.numpy(), width, height, resized=hm.numpy())
         boxes = torch.from_numpy(b).to(torch.float64) + torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
@@ -56,11 +67,12 @@ def locate(heatmap: torch.Tensor, box: torch.Tensor | None, width: int, height: 
 
     Returns:
         the heatmap resized to (height, width), the argmax point (pixel centre; None for an
-        all-zero map) and the box in continuous pixel xyxy (regressed, or the union of the boxes
-        extracted from the heatmap; None when there is none).
+        all-zero map) and the box in continuous pixel xyxy (regressed — in order, clipped to the
+        image, None when not finite or empty —, or the union of the boxes extracted from the
+        heatmap; None when there is none).
     """
     hm, point, pixels, _ = locate_candidates(heatmap, box, width, height, method)
     return hm, point, pixels
 
 
-__all__ = ["LOCATE_METHODS", "locate", "locate_candidates"]
+__all__ = ["LOCATE_METHODS", "locate", "locate_candidates", "regressed_box_pixels"]

@@ -17,6 +17,8 @@ def parse_bracketed(sentence: str) -> tuple[str, list[tuple[int, int]]]:
 
     Without brackets the whole sentence is the one phrase.
     """
+    if not sentence.split():
+        raise PhrasegroundError("empty phrase: nothing to ground")
     if "[" not in sentence and "]" not in sentence:
         words = sentence.split()
         return " ".join(words), [(0, len(words))]
