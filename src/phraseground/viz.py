@@ -52,6 +52,13 @@ def heat_layer(heatmap: torch.Tensor, alpha: float = 0.75) -> Image.Image:
     return Image.fromarray(np.concatenate([colour, a * 255], axis=-1).round().clip(0, 255).astype(np.uint8), "RGBA")
 
 
+def _rectangle(draw: ImageDraw.ImageDraw, box: Box, colour: tuple[int, int, int], line: int) -> None:
+    """Outline the pixels of a continuous xyxy box (last pixel inside: x1 - 1); a box under a
+    pixel wide or high is drawn on the pixel it lies in."""
+    x0, y0 = box[0], box[1]
+    draw.rectangle([x0, y0, max(x0, box[2] - 1), max(y0, box[3] - 1)], outline=colour, width=line)
+
+
 def overlay(image: Image.Image, heatmap: torch.Tensor | None, point: tuple[float, float] | None = None,
             box: Box | None = None, label: str | None = None, alpha: float = 0.6,
             gt_boxes: Sequence[Box] = ()) -> Image.Image:
@@ -72,9 +79,9 @@ def overlay(image: Image.Image, heatmap: torch.Tensor | None, point: tuple[float
     side = min(image.size)
     line = max(1, round(side / 110))
     for g in gt_boxes:
-        draw.rectangle([g[0], g[1], g[2] - 1, g[3] - 1], outline=GT_COLOUR, width=line)
+        _rectangle(draw, g, GT_COLOUR, line)
     if box is not None:
-        draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=PRED_COLOUR, width=line)
+        _rectangle(draw, box, PRED_COLOUR, line)
     if point is not None:
         r = max(3, round(side / 45))
         x, y = point
