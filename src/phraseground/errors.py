@@ -30,3 +30,7 @@ class WeightsNotFoundError(PhrasegroundError):
 
 class ImageError(DataFormatError):
     """An image file cannot be used: missing, not an image, corrupt, truncated, over the pixel limit."""
+
+
+class OutputError(PhrasegroundError):
+    """An output cannot be written: read-only folder, full disk, file-size limit, no permission."""

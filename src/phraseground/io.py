@@ -6,6 +6,7 @@ file or the complete new one, never half of it, and no temporary file is left be
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -15,10 +16,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .errors import DataFormatError
+from .errors import DataFormatError, OutputError
 
 __all__ = ["atomic_write", "write_bytes", "write_text", "write_json", "load_json", "get_field",
-           "require_file", "safe_filename", "remove_stale_temps"]
+           "require_file", "safe_filename", "remove_stale_temps", "output_error", "WRITE_ERRNOS"]
+
+#: errno values that mean "this output cannot be written here" (not a bug): they become one
+#: OutputError line naming the path
+WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("EROFS", "ENOSPC", "EFBIG", "EACCES", "EPERM", "EDQUOT",
+                                                      "ENOTDIR", "EEXIST", "EISDIR") if hasattr(errno, n))
+
+
+def output_error(e: OSError, path: str | os.PathLike | None = None) -> OutputError | None:
+    """The one-line OutputError for an OSError that means the output cannot be written, else None."""
+    if e.errno not in WRITE_ERRNOS:
+        return None
+    where = e.filename if e.filename is not None else path
+    return OutputError(f"cannot write {where}: {e.strerror or os.strerror(e.errno)}")
 
 _TMP_SUFFIX = ".tmp"
 
@@ -32,7 +46,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
     """Open a temporary file beside ``path`` for writing; on success it replaces ``path``.
 
     The temporary file lives in the same folder (so ``os.replace`` is atomic), is flushed and
-    fsynced before the rename, and is removed on any error (the exception propagates). Missing
+    fsynced before the rename, and is removed on any error (the exception propagates; an
+    OSError meaning the output cannot be written there — read-only, full disk, file-size
+    limit, no permission — becomes one :class:`OutputError` line naming the path). Missing
     parent folders are created. The file gets the usual permissions (``0o666`` minus the umask).
 
     Args:
@@ -48,9 +64,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write: mode must be 'wb' or 'w', not {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise (output_error(e, path) or e) from None
     try:
         text = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
         with os.fdopen(fd, mode, **text) as f:
@@ -59,11 +78,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and output_error(e, path) is not None:
+            raise output_error(e, path) from None  # e.g. EFBIG/ENOSPC while writing: one line, no temp left
         raise
 
 

@@ -483,6 +483,14 @@ def main(argv: list[str] | None = None) -> int:
     except PhrasegroundError as e:
         print(f"phraseground: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an output folder made outside atomic_write: read-only, full, not a folder
+        from ..io import output_error
+
+        err = output_error(e)
+        if err is None:
+            raise
+        print(f"phraseground: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("phraseground: interrupted", file=sys.stderr)
         return 130

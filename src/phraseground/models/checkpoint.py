@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
-from ..io import atomic_write, remove_stale_temps
+from ..errors import CheckpointError, ConfigError, OutputError
+from ..io import atomic_write, output_error, remove_stale_temps
 from .base import GroundingModel
 
 #: v2: typed model configs (``taps``, ``word_dim``), ``text_spec``, the model contract of models/base.py
@@ -31,7 +31,30 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     """Write ``payload`` to ``path`` through a temporary file and an atomic rename."""
     remove_stale_temps(path)  # left by a writer killed mid-write (only rank 0 writes checkpoints)
     with atomic_write(path) as f:
-        torch.save({"format": FORMAT, **payload}, f)
+        sink = _WriteRecorder(f)
+        try:
+            torch.save({"format": FORMAT, **payload}, sink)
+        except RuntimeError:  # torch.save hides the OSError of a failed write (full disk, size limit)
+            if sink.error is not None:
+                raise (output_error(sink.error, path) or OutputError(f"cannot write {path}: {sink.error}")) from None
+            raise
+
+
+class _WriteRecorder:
+    """A file wrapper that remembers the OSError a write raised (torch.save turns it into a bare RuntimeError)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load_checkpoint(path: Path, expect_model: str | None = None) -> dict[str, Any]:
