@@ -23,8 +23,6 @@ from phraseground.errors import PhrasegroundError
 from test_images import bomb_png
 
 MODELS = ["mlmcs", "dsve", "attnreg"]
-FIX3 = pytest.mark.xfail(strict=True, reason="#3: dsve reports no unknown words until the model contract's "
-                                             "unknown-word check (i13); remove this marker then")
 
 
 def _picture(w: int = 64, h: int = 48) -> np.ndarray:
@@ -182,12 +180,10 @@ TOLERATED = {  # phrase -> the unknown words reported
 }
 REFUSED = ["", "   ", "\t\n", "😀🎉", "zzzz qqqq", "ein roter stern", "[a red star", "a red] star", "[] red star",
            "[a [red] star]"]
-NEEDS_FIX3 = {"😀🎉", "zzzz qqqq", "ein roter stern", "a red étoile"}  # all/partly unknown: dsve's defect #3
 
 
 def _cases(phrases):
-    return [pytest.param(m, ph, marks=FIX3 if m == "dsve" and ph in NEEDS_FIX3 else ())
-            for m in MODELS for ph in phrases]
+    return [(m, ph) for m in MODELS for ph in phrases]
 
 
 @pytest.mark.parametrize("model, phrase", _cases(REFUSED))
