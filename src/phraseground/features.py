@@ -65,6 +65,15 @@ class FeatureSpec:
 RANDOM_WEIGHTS_SEED = 0
 
 
+def resize_to_grid(features: dict[str, torch.Tensor], grid: int | None) -> dict[str, torch.Tensor]:
+    """Every (B, C, h, w) map bilinearly resized to (grid, grid) — the one place the grid resize
+    is written; maps already of that size, and ``grid=None``, are left as they are."""
+    if grid is None:
+        return features
+    return {t: f if f.shape[-2:] == (grid, grid) else F.interpolate(f, size=(grid, grid), mode="bilinear", align_corners=False)
+            for t, f in features.items()}
+
+
 def build_backbone(spec: FeatureSpec) -> nn.Module:
     """The frozen tap extractor of ``spec`` (random weights drawn from a fixed seed)."""
     if spec.weights == "random":
@@ -112,11 +121,7 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 3, S, S) preprocessed images -> {tap: (B, C, h, w)} float32 (h = w = grid when set)."""
-        feats = self.backbone(images.to(self.device, non_blocking=True))
-        if self.spec.grid is not None:
-            g = self.spec.grid
-            feats = {t: f if f.shape[-2:] == (g, g) else F.interpolate(f, size=(g, g), mode="bilinear", align_corners=False)
-                     for t, f in feats.items()}
+        feats = resize_to_grid(self.backbone(images.to(self.device, non_blocking=True)), self.spec.grid)
         return {t: feats[t] for t in self.spec.taps}
 
     @torch.no_grad()

@@ -184,7 +184,7 @@ def run_grounding(
     proto = get_protocol(protocol)
     model.eval()
     tally = PhraseScores(proto, boxes)
-    levels = list(getattr(model, "feature_taps", []) or [])
+    levels = list(model.feature_needs.taps) if model.cfg is not None else []
     batches = caption_batches(fs.samples, batch_size)
     if progress:
         from tqdm import tqdm

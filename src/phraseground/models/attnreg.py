@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert
 
 from ..encoders.vision import BackboneSpec
 from ..errors import ConfigError
+from ..features import resize_to_grid
 from . import box_loss
 from .base import BackboneConfig, GroundingModel, GroundingResult, TrainBatch
 from .registry import register_model
@@ -179,14 +179,8 @@ class AttnReg(GroundingModel):
 
     def encode_image(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """{tap: (B, C, h, w)} -> region features (B, N, C_total)."""
-        m = self.cfg.grid
-        maps = []
-        for tap in self.taps:
-            f = features[tap].float()
-            if f.shape[-2:] != (m, m):
-                f = F.interpolate(f, size=(m, m), mode="bilinear", align_corners=False)
-            maps.append(f)
-        return torch.cat(maps, dim=1).flatten(2).transpose(1, 2)  # (B, N, C)
+        maps = resize_to_grid({t: features[t].float() for t in self.taps}, self.cfg.grid)
+        return torch.cat([maps[t] for t in self.taps], dim=1).flatten(2).transpose(1, 2)  # (B, N, C)
 
     def encode_text(self, tokens: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Phrases -> word features v_l (B, T, E) and mask (B, T)."""

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..features import resize_to_grid
 from .base import BackboneConfig, GroundingModel, GroundingResult, TrainBatch
 from .registry import register_model
 from .text_factory import create_text_encoder
@@ -151,11 +152,9 @@ class MLMCS(GroundingModel):
     def encode_image(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """{tap: (B, C, M, M)} -> V (B, L, N, D), L2-normalised over D."""
         maps = []
+        features = resize_to_grid({lv: features[lv].float() for lv in self.levels}, self.cfg.grid)
         for lv in self.levels:
-            f = features[lv].float()
-            if f.shape[-1] != self.cfg.grid or f.shape[-2] != self.cfg.grid:
-                f = F.interpolate(f, size=(self.cfg.grid, self.cfg.grid), mode="bilinear", align_corners=False)
-            maps.append(self.visual[lv](f.flatten(2).transpose(1, 2)))  # (B, N, C) -> (B, N, D)
+            maps.append(self.visual[lv](features[lv].flatten(2).transpose(1, 2)))  # (B, N, C) -> (B, N, D)
         return F.normalize(torch.stack(maps, dim=1), dim=-1)  # (B, L, N, D)
 
     def encode_text(self, tokens: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

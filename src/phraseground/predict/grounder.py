@@ -23,7 +23,7 @@ from ..data.images import load_image
 from ..device import resolve_device
 from ..encoders.vision import create_backbone, get_backbone_spec
 from ..errors import PhrasegroundError
-from ..features import images_to_tensor
+from ..features import images_to_tensor, resize_to_grid
 from . import locate_candidates, parse_bracketed
 from .records import SCORE_DOC, image_record, phrase_record
 
@@ -164,12 +164,8 @@ class Grounder:
     # running ------------------------------------------------------------------------------
     def _features(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """One backbone pass -> tap -> (B, C, h, w), resized to the model's grid when it has one."""
-        feats = self.backbone(images_to_tensor(images, self.spec).to(self.device))
-        grid = self.model.feature_needs.grid
-        if grid is not None:
-            feats = {t: torch.nn.functional.interpolate(f, size=(grid, grid), mode="bilinear", align_corners=False)
-                     for t, f in feats.items()}
-        return feats
+        return resize_to_grid(self.backbone(images_to_tensor(images, self.spec).to(self.device)),
+                              self.model.feature_needs.grid)
 
     @torch.no_grad()
     def run_prepared(self, batch: list[_Prepared], heatmap: bool = False) -> list[dict[str, Any]]:
