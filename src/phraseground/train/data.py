@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..data.flickr30k import read_flickr30k
 from ..data.types import ImageSample
 from ..encoders.text import tokenize
+from ..eval.metrics import union_box
 from ..errors import ConfigError
 from ..features import FeatureSpec, build_backbone, extract_features
 from ..io import write_text
@@ -104,11 +106,8 @@ def features_for(model: GroundingModel | FeatureSpec, samples: list[ImageSample]
 
 def union_box_fraction(sample: ImageSample, boxes: tuple) -> list[float]:
     """Union (enclosing) box of ``boxes`` as fractions of the image size, xyxy."""
-    x0 = min(b[0] for b in boxes) / sample.width
-    y0 = min(b[1] for b in boxes) / sample.height
-    x1 = max(b[2] for b in boxes) / sample.width
-    y1 = max(b[3] for b in boxes) / sample.height
-    return [x0, y0, x1, y1]
+    w, h = sample.width, sample.height
+    return (union_box(boxes) / torch.tensor([w, h, w, h], dtype=torch.float64)).tolist()
 
 
 def training_items(samples: list[ImageSample], supervision: str, caption_sampling: str = "all",
@@ -134,8 +133,10 @@ def training_items(samples: list[ImageSample], supervision: str, caption_samplin
     return items
 
 
-def make_batch(fs: FeatureSet, items: list[tuple[int, int, int]], device: torch.device | str = "cpu") -> TrainBatch:
-    """Batch of items: captions (weak) or phrases with their union target box (full)."""
+def make_batch(fs: FeatureSet, items: list[tuple[int, int, int]], device: torch.device | str = "cpu",
+               tokenize: Callable[[str], list[str]] = tokenize) -> TrainBatch:
+    """Batch of items: captions (weak) or phrases with their union target box (full), tokenised
+    by ``tokenize`` (the training loop passes the model's)."""
     images = [i for i, _, _ in items]
     tokens, boxes = [], []
     for i, c, p in items:

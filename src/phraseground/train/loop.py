@@ -217,7 +217,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
                          initial=state["step_in_epoch"])
         for step in steps:
             start = step * per_step + rank * tc.batch_size
-            batch = make_batch(train_set, items[start : start + tc.batch_size], device)
+            batch = make_batch(train_set, items[start : start + tc.batch_size], device, model.tokenize)
             out = ddp_model(batch)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
