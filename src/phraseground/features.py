@@ -22,22 +22,25 @@ from .data.images import load_image
 from .encoders.vision import BackboneSpec, create_backbone, get_backbone_spec
 
 #: names the preprocessing below; part of every store fingerprint (change it when it changes)
-PREPROCESS = "rgb/square-resize-bilinear-pil/normalise/v1"
+PREPROCESS = "rgb/square-resize-pil-declared-interpolation/normalise/v2"
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
-def image_to_tensor(image: Image.Image, spec: BackboneSpec) -> torch.Tensor:
-    """One RGB image -> (3, S, S) float32, resized to the backbone's square input and normalised."""
-    s = spec.input_size
-    arr = np.asarray(image.convert("RGB").resize((s, s), Image.BILINEAR), dtype=np.float32)  # (S, S, 3)
+def image_to_tensor(image: Image.Image, spec: BackboneSpec, size: int | None = None) -> torch.Tensor:
+    """The project's one preprocessing: one RGB image -> (3, S, S) float32, the whole image resized
+    (squashed) to the backbone's square input (``size``, default ``spec.input_size``) with the
+    spec's declared interpolation, then normalised with its declared mean/std."""
+    s = size or spec.input_size
+    arr = np.asarray(image.convert("RGB").resize((s, s), _RESAMPLE[spec.interpolation]), dtype=np.float32)  # (S, S, 3)
     x = torch.from_numpy(arr).permute(2, 0, 1) / 255.0  # (3, S, S)
     mean = torch.tensor(spec.mean).view(3, 1, 1)
     std = torch.tensor(spec.std).view(3, 1, 1)
     return (x - mean) / std
 
 
-def images_to_tensor(images: Sequence[Image.Image], spec: BackboneSpec) -> torch.Tensor:
-    """Resize to the backbone's square input and normalise -> (B, 3, S, S) float32."""
-    return torch.stack([image_to_tensor(im, spec) for im in images])
+def images_to_tensor(images: Sequence[Image.Image], spec: BackboneSpec, size: int | None = None) -> torch.Tensor:
+    """``image_to_tensor`` of each image -> (B, 3, S, S) float32."""
+    return torch.stack([image_to_tensor(im, spec, size) for im in images])
 
 
 @dataclass(frozen=True)
