@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import PhrasegroundError
+from ..io import atomic_write
+from .images import image_size, load_image
 from .types import Caption, ImageSample, Phrase
 
 PACKAGED_CASES = Path(__file__).resolve().parent / "photos.jsonl"
@@ -62,8 +64,7 @@ def load_photo(ref: str) -> Image.Image:
     elif kind == "matplotlib":
         import matplotlib.cbook
 
-        with Image.open(matplotlib.cbook.get_sample_data(name, asfileobj=False)) as im:
-            return im.convert("RGB")
+        return load_image(Path(matplotlib.cbook.get_sample_data(name, asfileobj=False)))
     else:
         raise PhrasegroundError(f"unknown photo reference {ref!r}: use skimage:NAME, sklearn:FILE or matplotlib:FILE")
     arr = np.asarray(arr)
@@ -82,13 +83,9 @@ def photo_file(ref: str, cache_dir: Path | None = None) -> Path:
     cache_dir = Path(cache_dir or default_cache_dir())
     path = cache_dir / (ref.replace(":", "_").replace("/", "_").rsplit(".", 1)[0] + ".png")
     if not path.is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            load_photo(ref).save(tmp, format="PNG")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        image = load_photo(ref)
+        with atomic_write(path) as f:
+            image.save(f, format="PNG")
     return path
 
 
@@ -119,8 +116,7 @@ def read_photo_cases(path: Path | None = None, cache_dir: Path | None = None) ->
     samples = []
     for ref, captions in by_image.items():
         file = photo_file(ref, cache_dir)
-        with Image.open(file) as im:
-            w, h = im.size
+        w, h = image_size(file, exif=True)
         for cap in captions:
             x0, y0, x1, y1 = cap.phrases[0].boxes[0]
             if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
