@@ -121,7 +121,8 @@ def _box_frame(args: argparse.Namespace) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    samples = _samples_for(args.data, args.split, args.format)
+    fmt = "photos" if args.format == "flickr30k" and (args.data == "photos" or str(args.data).endswith(".jsonl")) else args.format
+    samples = _samples_for(args.data, args.split, fmt)
     if not samples:
         raise PhrasegroundError(f"{args.data}: split {args.split!r} has no images")
     frame = _box_frame(args)
@@ -132,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         result = {"predictions": str(args.predictions), "data": str(args.data), "split": args.split, "box_frame": frame,
                   "grounding": score_predictions(samples, Path(args.predictions), args.protocol, frame)}
-    elif args.baseline:
+    elif args.baseline and args.baseline != "cam":
         if args.checkpoint:
             raise PhrasegroundError("give either --checkpoint or --baseline, not both")
         if args.report:
@@ -142,21 +143,32 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         result = evaluate_baseline(samples, args.baseline, args.protocol, seed=args.seed, box_frame=frame)
         result = {"data": str(args.data), "split": args.split, "box_frame": frame, **result}
     else:
-        if not args.checkpoint:
-            raise PhrasegroundError("give --checkpoint CKPT (or --baseline center|random)")
-        from ..models.checkpoint import model_from_checkpoint
+        if args.baseline and args.checkpoint:
+            raise PhrasegroundError("give either --checkpoint or --baseline, not both")
+        if not args.checkpoint and not args.baseline:
+            raise PhrasegroundError("give --checkpoint CKPT (or --baseline center|random|cam)")
         from ..train.config import DataConfig
         from ..device import resolve_device
         from ..train.data import features_for
 
         device = resolve_device(args.device)
-        model, ckpt = model_from_checkpoint(Path(args.checkpoint))
+        if args.baseline == "cam":  # a model that needs no training: class activation maps
+            from ..models.registry import create_model
+
+            model, name = create_model("cam"), "cam"
+        else:
+            from ..models.checkpoint import model_from_checkpoint
+
+            model, ckpt = model_from_checkpoint(Path(args.checkpoint))
+            name = ckpt["model"]
         model.to(device)
-        data = DataConfig(root=str(args.data), format=args.format, feature_store=args.store or "",
-                          feature_rebuild=args.rebuild)
+        data = DataConfig(root=str(args.data), format=fmt, feature_store=args.store or "", feature_rebuild=args.rebuild,
+                          features="memory" if fmt == "photos" and not args.store else "store")  # photos: 9 images
         fs = features_for(model, samples, data, args.split, device, progress=not args.quiet, quiet=args.quiet)
-        result = {"model": ckpt["model"], "checkpoint": str(args.checkpoint), "data": str(args.data),
+        result = {"model": name, "checkpoint": args.checkpoint and str(args.checkpoint), "data": str(args.data),
                   "split": args.split, "box_frame": frame}
+        if args.baseline:
+            result["baseline"] = args.baseline
         if args.task in ("grounding", "all"):
             from ..eval.grounding import evaluate_grounding
 
@@ -173,6 +185,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             if args.report:
                 from .report import evaluation_report
 
+                if args.baseline:
+                    raise PhrasegroundError("--report needs --checkpoint (a baseline has no training log)")
                 evaluation_report(Path(args.report), model, fs, result["grounding"], ckpt["model"],
                                   Path(args.checkpoint), seed=args.seed, box_frame=frame)
                 print(f"report: {Path(args.report) / 'report.html'}, {Path(args.report) / 'report.md'}")
@@ -409,9 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="evaluate a checkpoint or a baseline on a dataset split")
     s.add_argument("--checkpoint", help="a training checkpoint to evaluate")
-    s.add_argument("--baseline", choices=["center", "random"], help="evaluate a baseline instead of a checkpoint")
-    s.add_argument("--data", required=True, help="Flickr30k Entities directory (or index folder with --format index)")
-    s.add_argument("--format", default="flickr30k", choices=["flickr30k", "index"], help="how --data is laid out")
+    s.add_argument("--baseline", choices=["center", "random", "cam"],
+                   help="evaluate a baseline instead of a checkpoint: center, random point, or cam (class activation "
+                        "maps of the ImageNet classes nearest to the phrase; no training)")
+    s.add_argument("--data", required=True, help="Flickr30k Entities directory (or index folder with --format index; "
+                                                 "'photos' for the packaged real photographs)")
+    s.add_argument("--format", default="flickr30k", choices=["flickr30k", "index", "photos"],
+                   help="how --data is laid out (photos: the real photographs with hand-drawn boxes; --data photos "
+                        "for the packaged cases, or a photos.jsonl)")
     s.add_argument("--split", default="test", help="the split to evaluate")
     s.add_argument("--protocol", default="akbari2019", choices=["akbari2019", "engilberge2018", "tolerance15"],
                    help="pointing protocol (see the README's table)")

@@ -33,6 +33,8 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a training checkpoint (best.pt / last.pt)")
     src.add_argument("--pretrained", metavar="DIR", help="a folder written by `phraseground export`")
+    src.add_argument("--model", help="a model that needs no checkpoint: cam (class activation maps of the ImageNet "
+                                     "classes nearest to the phrase)")
     s.add_argument("--backbone-weights", default=None,
                    help="local file for the frozen backbone's weights (default: the model's weights id, from the "
                         "package or the standard caches)")
@@ -109,6 +111,16 @@ def _count_lines(path: Path) -> int | None:
         return None
 
 
+def _grounder(args: argparse.Namespace, kw: dict[str, Any]):
+    from ..predict import Grounder
+
+    if args.checkpoint:
+        return Grounder.from_checkpoint(args.checkpoint, **kw)
+    if args.model:
+        return Grounder.from_model(args.model, **kw)
+    return Grounder.from_pretrained(args.pretrained, **kw)
+
+
 def run_ground(args: argparse.Namespace) -> int:
     from ..predict import Grounder, json_ready
 
@@ -126,8 +138,7 @@ def run_ground(args: argparse.Namespace) -> int:
     out = Path(args.out)
 
     if args.image:
-        grounder = (Grounder.from_checkpoint(args.checkpoint, **kw) if args.checkpoint
-                    else Grounder.from_pretrained(args.pretrained, **kw))
+        grounder = _grounder(args, kw)
         prepared = grounder.prepare(args.image, texts)  # every input checked before anything is written
         rec = grounder.run_prepared([prepared], heatmap=True)[0]
         out.mkdir(parents=True, exist_ok=True)
@@ -158,8 +169,7 @@ def run_ground(args: argparse.Namespace) -> int:
         items = ((k + 1, (p, texts)) for k, p in enumerate(files))
         total = len(files)
         where = str(folder)
-    grounder = (Grounder.from_checkpoint(args.checkpoint, **kw) if args.checkpoint
-                else Grounder.from_pretrained(args.pretrained, **kw))
+    grounder = _grounder(args, kw)
     overlays = bool(args.overlays)
     out.mkdir(parents=True, exist_ok=True)
     labels: list[str] = []

@@ -113,6 +113,19 @@ class Grounder:
         model = load_exported(Path(directory))
         return cls(model, device, backbone_weights, source=str(directory), **kwargs)
 
+    @classmethod
+    def from_model(cls, name: str, device: str | torch.device = "auto", backbone_weights: str | None = None,
+                   model_args: dict[str, Any] | None = None, **kwargs: Any) -> "Grounder":
+        """A registered model that needs no training (``cam``), built from its name and options."""
+        from ..models.registry import create_model, model_config_class
+
+        model_config_class(name)  # unknown name -> ConfigError listing the known ones
+        from ..models.registry import _REGISTRY
+
+        if _REGISTRY[name][0].supervision != "none":
+            raise PhrasegroundError(f"model {name!r} must be trained first: give its checkpoint")
+        return cls(create_model(name, **(model_args or {})), device, backbone_weights, source=f"model:{name}", **kwargs)
+
     @property
     def model_name(self) -> str:
         return self.model.model_name
@@ -191,9 +204,11 @@ class Grounder:
                     if box is not None:
                         cands = [(pixels, score)]
                     lv = int(res.levels[k])
+                    concepts = res.extras.get("concepts")  # cam: the matched classes
                     preds.append(phrase_record(label, score, pixels, point, cands[: self.top_k],
                                                self.levels[lv] if 0 <= lv < len(self.levels) else None,
-                                               text.unknown[k], heatmap=hm.numpy() if heatmap else None))
+                                               text.unknown[k], concepts=None if concepts is None else concepts[k],
+                                               heatmap=hm.numpy() if heatmap else None))
             records.append(image_record(p.name, w, h, preds))
         return records
 

@@ -37,7 +37,8 @@ image); it ranks phrases and images for one model and is not a calibrated probab
 mlmcs — the mean over the phrase's words of the best level's cosine between the word and its
 attended visual vector, clamped at 0, in [0, 1] (0 when every word score is 0); dsve — the
 cosine between the phrase and image embeddings, in [-1, 1]; attnreg — the image attention
-mass of the phrase, in [0, 1]. A candidate box's score in ``boxes`` is its heatmap peak over
+mass of the phrase, in [0, 1]; cam — the best matched ImageNet class's text similarity × the
+image's probability of the matched classes, in [0, 1] (0: no matching concept). A candidate box's score in ``boxes`` is its heatmap peak over
 the heatmap's maximum, in (0, 1] (the regressed box of attnreg carries the phrase score)."""
 
 _DIGITS = 2

@@ -23,6 +23,10 @@ def load_split(data: DataConfig, split: str) -> list[ImageSample]:
     if data.format == "flickr30k":
         samples, _ = read_flickr30k(Path(data.root), split)
         return samples
+    if data.format == "photos":  # real photographs shipped in packages, every case a test case
+        from ..data.photos import read_photo_cases
+
+        return read_photo_cases(None if data.root in ("", "photos") else Path(data.root)) if split == "test" else []
     if data.format == "index":  # root holds <split>.json.gz / <split>.json written by `phraseground prepare`
         from ..data.index import read_index
 
@@ -30,7 +34,7 @@ def load_split(data: DataConfig, split: str) -> list[ImageSample]:
             if (Path(data.root) / name).is_file():
                 return read_index(Path(data.root) / name)[0]
         raise ConfigError(f"{data.root}: no index {split}.json.gz or {split}.json (write it with `phraseground prepare`)")
-    raise ConfigError(f"unknown data format {data.format!r}; known: flickr30k, index")
+    raise ConfigError(f"unknown data format {data.format!r}; known: flickr30k, index, photos")
 
 
 def box_frame_of(data: DataConfig) -> str:
@@ -41,6 +45,10 @@ def box_frame_of(data: DataConfig) -> str:
 
     if data.format == "flickr30k":
         return "flickr30k"
+    if data.format == "photos":  # real photographs shipped in packages, every case a test case
+        from ..data.photos import read_photo_cases
+
+        return read_photo_cases(None if data.root in ("", "photos") else Path(data.root)) if split == "test" else []
     if data.format == "index":
         from ..data.index import read_index
 
