@@ -71,7 +71,11 @@ def test_exif_rotated_copy_gives_the_same_classes(backbone, photo_paths, tmp_pat
     ("0-255 input", (0.0,) * 3, (1 / 255,) * 3),           # top-5 3 of 8
     ("ImageNet mean/std", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # the daisy leaves the top 5
 ])
-def test_a_broken_path_fails_the_check(backbone, photo_paths, broken, mean, std):
+def test_a_broken_path_fails_the_check(backbone, photo_paths, broken, mean, std, monkeypatch):
+    from phraseground.encoders import vision
+
     bad = dataclasses.replace(SPEC.preprocess, mean=mean, std=std, source=broken)
-    ok, detail = check(backbone, photo_paths, dataclasses.replace(SPEC, preprocess=bad))
+    bad_spec = dataclasses.replace(SPEC, preprocess=bad)
+    monkeypatch.setitem(vision.BACKBONES, SPEC.name, bad_spec)  # the declaration the whole path reads
+    ok, detail = check(backbone, photo_paths, bad_spec)
     assert not ok, f"{broken}: the check should fail, got {detail}"
