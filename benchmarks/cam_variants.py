@@ -30,7 +30,8 @@ def main() -> None:
     feats = {}
     with torch.no_grad():
         for size in sizes:
-            feats[size] = [bb(images_to_tensor([im], spec, size))["head"] for im in images]
+            # stored as float16, as the project's feature path does
+            feats[size] = [bb(images_to_tensor([im], spec, size))["head"].half().float() for im in images]
     cases = [(i, cap) for i, s in enumerate(samples) for cap in s.captions]
 
     def run(scales, **cfg):

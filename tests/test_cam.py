@@ -83,7 +83,7 @@ def test_evaluate_baseline_cam_on_the_photos(tmp_path, monkeypatch):
     out = tmp_path / "cam.json"
     assert main(["evaluate", "--baseline", "cam", "--data", "photos", "--json", str(out), "--quiet"]) == 0
     report = json.loads(out.read_text())
-    assert report["model"] == "cam" and report["baseline"] == "cam"
+    assert report["model"] == "cam" and report["baseline"] == "cam" and report["box_frame"] == "xyxy"
     pointing = report["grounding"]["pointing"]
     assert pointing["n_evaluated"] + sum(pointing["skipped"].values()) == 15
     assert pointing["accuracy"] is not None

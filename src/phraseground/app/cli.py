@@ -117,11 +117,18 @@ def _box_frame(args: argparse.Namespace) -> str:
     from ..train.config import DataConfig
     from ..train.data import box_frame_of
 
-    return box_frame_of(DataConfig(root=args.data, format=args.format))
+    return box_frame_of(DataConfig(root=args.data, format=_data_format(args)))
+
+
+def _data_format(args: argparse.Namespace) -> str:
+    """--format, with ``--data photos`` or a ``.jsonl`` meaning the photo cases."""
+    if args.format == "flickr30k" and (args.data == "photos" or str(args.data).endswith(".jsonl")):
+        return "photos"
+    return args.format
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    fmt = "photos" if args.format == "flickr30k" and (args.data == "photos" or str(args.data).endswith(".jsonl")) else args.format
+    fmt = _data_format(args)
     samples = _samples_for(args.data, args.split, fmt)
     if not samples:
         raise PhrasegroundError(f"{args.data}: split {args.split!r} has no images")
