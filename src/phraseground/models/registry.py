@@ -49,6 +49,13 @@ def model_config_class(name: str) -> type:
     return _REGISTRY[name][1]
 
 
+def model_class(name: str) -> type[GroundingModel]:
+    """The registered class of ``name`` (its ``supervision`` says how it trains: "weak", "full",
+    or "none" for models that need no training, such as ``cam``)."""
+    model_config_class(name)
+    return _REGISTRY[name][0]
+
+
 def build_config(name: str, values: Any = None, path: str = "model_args") -> Any:
     """Config dataclass of ``name`` from a plain dict (or an instance), each value converted
     by its annotation; unknown keys, wrong types and bad values are ConfigErrors naming the key."""

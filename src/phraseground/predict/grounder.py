@@ -117,12 +117,9 @@ class Grounder:
     def from_model(cls, name: str, device: str | torch.device = "auto", backbone_weights: str | None = None,
                    model_args: dict[str, Any] | None = None, **kwargs: Any) -> "Grounder":
         """A registered model that needs no training (``cam``), built from its name and options."""
-        from ..models.registry import create_model, model_config_class
+        from ..models.registry import create_model, model_class
 
-        model_config_class(name)  # unknown name -> ConfigError listing the known ones
-        from ..models.registry import _REGISTRY
-
-        if _REGISTRY[name][0].supervision != "none":
+        if model_class(name).supervision != "none":  # an unknown name is a ConfigError listing the known ones
             raise PhrasegroundError(f"model {name!r} must be trained first: give its checkpoint")
         return cls(create_model(name, **(model_args or {})), device, backbone_weights, source=f"model:{name}", **kwargs)
 
