@@ -79,3 +79,15 @@ def test_a_broken_path_fails_the_check(backbone, photo_paths, broken, mean, std,
     monkeypatch.setitem(vision.BACKBONES, SPEC.name, bad_spec)  # the declaration the whole path reads
     ok, detail = check(backbone, photo_paths, bad_spec)
     assert not ok, f"{broken}: the check should fail, got {detail}"
+
+
+@pytest.mark.parametrize("name", ["mlmcs_lite0_synthetic.yaml", "dsve_lite0_synthetic.yaml"])
+def test_lite0_configs_load_and_read_the_real_backbone(name):
+    from pathlib import Path
+
+    import phraseground
+    from phraseground.train.config import load_config
+
+    cfg = load_config(Path(phraseground.__file__).parent / "configs" / name, [])
+    needs = cfg.model_args.feature_spec()
+    assert needs.backbone == "efficientnet_lite0" and set(needs.taps) <= {"s8", "s16", "s32"}
