@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic benchmark and a tiny training config."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,27 @@ def model_checkpoints(tiny_bench, tmp_path_factory) -> dict[str, Path]:
     """One tiny near-random checkpoint per registered model (mlmcs, dsve, attnreg)."""
     out = tmp_path_factory.mktemp("tiny_models")
     return {m: tiny_checkpoint(m, tiny_bench, out) for m in TINY_MODEL_ARGS}
+
+
+@contextlib.contextmanager
+def live_server(app, timeout: float = 30.0):
+    """Run an ASGI app under a real uvicorn on a free port in a thread; yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + timeout
+    while not srv.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)

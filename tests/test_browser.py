@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -30,25 +28,14 @@ if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
 
 @pytest.fixture(scope="module")
 def server(model_checkpoints):
-    from conftest import free_port
+    from conftest import live_server
 
     from phraseground.app.serve import ModelSlot, create_app
     from phraseground.predict import Grounder
 
     g = Grounder.from_checkpoint(model_checkpoints["mlmcs"], device="cpu")
-    app = create_app([ModelSlot("mlmcs", lambda: g, "tiny test checkpoint")])
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        if time.time() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with live_server(create_app([ModelSlot("mlmcs", lambda: g, "tiny test checkpoint")])) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

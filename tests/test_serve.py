@@ -225,3 +225,39 @@ def test_models_offered_without_a_checkpoint(tmp_path, model_checkpoints, capsys
     if "cam" not in list_models():
         with pytest.raises(PhrasegroundError, match="run `phraseground demo` first"):
             default_slots(None, demo_checkpoint=tmp_path / "none.pt")
+
+
+def test_fifty_concurrent_requests_with_bad_uploads_on_a_live_server(grounder):
+    """A real uvicorn, 50 requests at once (10 of them bad): every good one gets its record,
+    every bad one its 4xx, and the server answers afterwards."""
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import live_server
+
+    limits = Limits(max_upload_bytes=200_000, max_pixels=1_000_000, max_phrases=3)
+    app = create_app([ModelSlot("mlmcs", lambda: grounder, "tiny", batch_size=4)], limits)
+    bad = [(b"plain text, not an image\n" * 20, ["a red star"], 415), (_png(300, 300)[:400], ["a red star"], 400),
+           (np.random.default_rng(1).bytes(300_000), ["a red star"], 413), (_png(1200, 1000), ["a red star"], 413),
+           (_png(), ["a", "b", "c", "d"], 400)]
+    work = [(_png(64 + 4 * i, 48 + 2 * i), ["a red star", "[a small square] left of [a circle]"][: 1 + i % 2], 200)
+            for i in range(40)] + bad * 2
+    order = np.random.default_rng(0).permutation(len(work))
+    work = [work[i] for i in order]
+    with live_server(app) as url:
+        def send(item):
+            data, phrases, _ = item
+            r = httpx.post(url + "/ground", files={"image": ("x.png", data)}, data={"phrases": phrases}, timeout=300)
+            return r.status_code, r.json()
+
+        with ThreadPoolExecutor(50) as ex:
+            answers = list(ex.map(send, work))
+        health = httpx.get(url + "/healthz").json()
+    for (data, phrases, want), (status, body) in zip(work, answers):
+        assert status == want, body
+        if want == 200:
+            assert body["width"] == Image.open(io.BytesIO(data)).width
+            assert len(body["predictions"]) == len(phrases) + (1 if "[" in phrases[-1] else 0)
+        else:
+            assert isinstance(body["detail"], str) and body["detail"]
+    assert health["status"] == "ok" and health["answered"] == 40 and health["errors_5xx"] == 0

@@ -174,8 +174,18 @@ class ModelSlot:
                 except PhrasegroundError as e:
                     self.error = f"model {self.name!r} cannot be loaded: {e}"
                     raise HTTPProblem(503, self.error) from None
-                self.batcher = Batcher(self.grounder.run_prepared, self.batch_size, self.name)
+                self.batcher = Batcher(self._run, self.batch_size, self.name)
             return self.grounder
+
+    def _run(self, batch: list, heatmap: bool) -> list[dict]:
+        """The grounder on one batch; full-size heatmaps become small PNG layers at once (the
+        batch's heatmaps are the only ones held), kept under ``"layer"`` until the answer."""
+        records = self.grounder.run_prepared(batch, heatmap)
+        if heatmap:
+            for rec in records:
+                for p in rec["predictions"]:
+                    p["layer"] = heat_layer_png(p.pop("heatmap"))
+        return records
 
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "description": self.description, "loaded": self.grounder is not None}
@@ -407,8 +417,7 @@ def create_app(slots: list[ModelSlot], limits: Limits | None = None):
 
     def finish(record: dict, overlays: bool) -> dict:
         if overlays:
-            layers = [heat_layer_png(p["heatmap"]) for p in record["predictions"]]
-            token = store.put(layers)
+            token = store.put([p.pop("layer") for p in record["predictions"]])
             for k, p in enumerate(record["predictions"]):
                 p["overlay"] = f"/overlay/{token}/{k}.png"
         return json_ready(record)
@@ -425,13 +434,13 @@ def create_app(slots: list[ModelSlot], limits: Limits | None = None):
             raise HTTPProblem(503, f"busy: {waiting['n']} requests waiting; retry shortly")
         waiting["n"] += 1
         try:
-            data = await image.read(limits.max_upload_bytes + 1)
-            if len(data) > limits.max_upload_bytes:
-                raise HTTPProblem(413, f"upload too large: the limit is {limits.max_upload_bytes // 2**20} MB")
-            if not data:
-                raise HTTPProblem(400, "empty upload")
             grounder = await run_in_threadpool(slot.get)
-            async with semaphore():
+            async with semaphore():  # until here the upload stays spooled (on disk beyond 1 MB)
+                data = await image.read(limits.max_upload_bytes + 1)
+                if len(data) > limits.max_upload_bytes:
+                    raise HTTPProblem(413, f"upload too large: the limit is {limits.max_upload_bytes // 2**20} MB")
+                if not data:
+                    raise HTTPProblem(400, "empty upload")
                 prepared = await run_in_threadpool(decode, grounder, data, image.filename or "upload", texts)
                 del data
                 try:
@@ -442,7 +451,7 @@ def create_app(slots: list[ModelSlot], limits: Limits | None = None):
                     log.exception("grounding failed")
                     raise HTTPProblem(500, f"grounding failed: {type(e).__name__}: {e}") from None
                 del prepared
-                out = await run_in_threadpool(finish, record, overlays)
+                out = finish(record, overlays)
         finally:
             waiting["n"] -= 1
         stats["answered"] += 1
