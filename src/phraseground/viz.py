@@ -56,7 +56,9 @@ def _rectangle(draw: ImageDraw.ImageDraw, box: Box, colour: tuple[int, int, int]
     """Outline the pixels of a continuous xyxy box (last pixel inside: x1 - 1); a box under a
     pixel wide or high is drawn on the pixel it lies in."""
     x0, y0 = box[0], box[1]
-    draw.rectangle([x0, y0, max(x0, box[2] - 1), max(y0, box[3] - 1)], outline=colour, width=line)
+    x1, y1 = max(x0, box[2] - 1), max(y0, box[3] - 1)
+    draw.rectangle([x0 - 1, y0 - 1, x1 + 1, y1 + 1], outline=(0, 0, 0), width=line + 2)  # a dark edge: the box
+    draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)  # shows on objects of its own colour
 
 
 def overlay(image: Image.Image, heatmap: torch.Tensor | None, point: tuple[float, float] | None = None,

@@ -322,9 +322,9 @@ def _html(summary: dict, plots: list[tuple[str, bytes]], grids: dict[str, list[t
                    for i, (a, b, c) in enumerate(headline_rows(summary)))
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
-             f"<p>{esc(_intro(summary))}</p>",
+             f"<p>{esc(_intro(summary).replace('`', ''))}</p>",
              f"<table id='headline'><tr><th>system</th><th>pointing accuracy</th><th></th></tr>{rows}</table>"]
-    parts += [f"<p>{esc(x)}</p>" for x in _extra_lines(summary)]
+    parts += [f"<p>{esc(x.replace('`', ''))}</p>" for x in _extra_lines(summary)]
     for heading, png in plots:
         parts.append(f"<h2>{esc(heading)}</h2><img class='plot' alt='{esc(heading)}' src='{_data_uri(png)}'>")
     gt = "#%02x%02x%02x" % GT_COLOUR
