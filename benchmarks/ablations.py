@@ -146,8 +146,11 @@ def table(model: str, results: dict[str, list[dict]], command: str) -> str:
         same = "–"
         if variant != "default" and base_key is not None and paper.startswith("worse"):
             d = statistics.mean(r[key] for r in rs) - base_key
-            same = "yes" if d < 0 else "no"
-        lines.append(f"| `{variant}` | {switch} | {_fmt([r['pointing'] for r in rs])} | {_fmt([r['box'] for r in rs])} "
+            same = "yes" if d < 0 else "no (equal)" if d == 0 else "no"
+        pointing = _fmt([r["pointing"] for r in rs])
+        if model == "attnreg" and all(r["attention_correctness"] == 0 for r in rs):
+            pointing += " (attention map all zero: every phrase a miss)"
+        lines.append(f"| `{variant}` | {switch} | {pointing} | {_fmt([r['box'] for r in rs])} "
                      f"| {delta} | {paper} | {same} |")
     return "\n".join(lines)
 
@@ -172,7 +175,24 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=None, help="only these variants (default: all)")
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--readme", default="README.md", help="write the table here ('' : print only)")
+    ap.add_argument("--from-cache", action="store_true",
+                    help="train nothing: build the table from every cached result of this scale (all seeds)")
     args = ap.parse_args()
+    if args.from_cache:
+        results = {}
+        for variant in VARIANTS[args.model]:
+            for f in sorted((Path(args.out) / args.model / f"{args.images}img" / variant).glob("seed*/result.json")):
+                results.setdefault(variant, []).append(json.loads(f.read_text()))
+        if not results:
+            sys.exit(f"ablations.py: no cached result under {args.out}/{args.model}/{args.images}img")
+        first = next(iter(results.values()))[0]
+        command = (f"python benchmarks/ablations.py --model {args.model} --images {args.images} --epochs {first['epochs']} "
+                   f"--seeds {' '.join(str(x) for x in sorted({r['seed'] for rs in results.values() for r in rs}))}")
+        block = table(args.model, results, command)
+        print(block)
+        if args.readme:
+            write_readme(Path(args.readme), args.model, block)
+        return
     variants = args.variants or list(VARIANTS[args.model])
     unknown = [v for v in variants if v not in VARIANTS[args.model]]
     if unknown:

@@ -71,6 +71,9 @@ def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs:
         from ..eval.retrieval_run import evaluate_retrieval
 
         report["retrieval"] = evaluate_retrieval(best, fs, fold_size=len(test))
+    from ..train.loop import runtime_info
+
+    report["runtime"] = runtime_info(dev)
     report["total_seconds"] = time.time() - t0
     report["peak_memory_mb"] = peak_memory_mb()
     report["title"] = f"phraseground demo: {model} on the synthetic benchmark"

@@ -54,6 +54,14 @@ def _git_sha() -> str | None:
         return None
 
 
+def runtime_info(device: torch.device | str | None = None) -> dict[str, Any]:
+    """What a result depends on besides the config and the code: torch version, CPU threads,
+    device (and ``OMP_NUM_THREADS`` as set). Same values -> the same numbers (README)."""
+    return {"torch": str(torch.__version__), "threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "device": str(device) if device is not None else "cpu"}
+
+
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
@@ -188,7 +196,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
     config_dict = cfg.to_dict()
     log_path = out_dir / "log.jsonl"
     if rank == 0:
-        text = yaml.safe_dump({**config_dict, "git_sha": _git_sha()}, sort_keys=False)
+        text = yaml.safe_dump({**config_dict, "git_sha": _git_sha(), "runtime": runtime_info(device)}, sort_keys=False)
         write_text(out_dir / "config.yaml", text)
 
     def checkpoint(path: Path, extra: dict | None = None) -> None:
