@@ -1,0 +1,188 @@
+"""Training-step speed of each model against the machine's matrix-product speed, in one run.
+
+    OMP_NUM_THREADS=2 python benchmarks/train_step.py [--models mlmcs dsve attnreg] [--repeats 20]
+        [--set mlmcs:model_args.attention=softmax ...] [--json out.json]
+
+For each model at its synthetic default config (``configs/<model>_synthetic.yaml``): batches
+drawn exactly as the training loop draws them (a small synthetic benchmark, the real frozen
+backbone's features, the default batch size), then
+
+* the step's arithmetic, forward + backward, counted by ``torch.utils.flop_counter.FlopCounterMode``
+  (matrix products and convolutions — what it counts; element-wise work is not counted) of the
+  formulation the model ships;
+* the step time (forward, backward, optimizer step): warm, median over ``--repeats`` batches;
+* the achieved GFLOP/s and the ratio ``step time / (FLOPs / matrix-product GFLOP/s)``: how many
+  times slower the step runs than the same FLOPs would take as one large matrix product in the
+  same dtype (``--mm-size``², fp32 or bf16), timed right after every step of the same run, so
+  that both see the same machine load (the median of each is used); the same figures in process
+  CPU time ("ratio (CPU time)"), which on a loaded machine is the steadier one (with one thread
+  it is close to the wall time on a free core; with several it adds up the threads).
+
+Threads, torch version, CPU and the machine load (``os.getloadavg``) are printed with the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from phraseground.encoders.text import Vocab  # noqa: E402
+from phraseground.models.registry import create_model  # noqa: E402
+from phraseground.train.config import load_config  # noqa: E402
+from phraseground.train.data import build_feature_set, ensure_synthetic, load_split, make_batch, tokenize  # noqa: E402
+from phraseground.train.loop import _epoch_items  # noqa: E402
+
+
+class MatmulProbe:
+    """An n×n by n×n matrix product in one dtype; ``time()`` returns the seconds of one."""
+
+    def __init__(self, n: int, dtype: torch.dtype) -> None:
+        self.n, self.dtype = n, dtype
+        self.a = torch.randn(n, n).to(dtype)
+        self.b = torch.randn(n, n).to(dtype)
+        for _ in range(2):
+            self.a @ self.b
+
+    def time(self) -> tuple[float, float]:
+        """(wall, CPU) seconds of one product."""
+        t, c = time.perf_counter(), time.process_time()
+        self.a @ self.b
+        return time.perf_counter() - t, time.process_time() - c
+
+    def gflops(self, seconds: float) -> float:
+        return 2 * self.n**3 / seconds / 1e9
+
+
+def load_label() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _step(model, optimizer, batch, autocast: str) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
+        out = model(batch)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    optimizer.step()
+    return out["loss"]
+
+
+def bench_model(name: str, overrides: list[str], data_root: Path, repeats: int, autocast: str, probe: MatmulProbe) -> dict:
+    cfg = load_config(ROOT / "src" / "phraseground" / "configs" / f"{name}_synthetic.yaml", overrides)
+    cfg.data.root = str(data_root)
+    tc = cfg.train
+    samples = load_split(cfg.data, "train")
+    vocab = Vocab.build((tokenize(c.text) for s in samples for c in s.captions), tc.vocab_min_count).itos
+    torch.manual_seed(tc.seed)
+    model = create_model(cfg.model, vocab=vocab, **cfg.model_args)
+    fs = build_feature_set(model, samples, tc.feature_batch, "cpu", False)
+    model.on_epoch_start(0)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    items = _epoch_items(samples, model.supervision, tc, 0)
+    bs = tc.batch_size
+    n_batches = len(items) // bs
+    if n_batches < 1:
+        raise SystemExit(f"{name}: fewer than {bs} training items; raise --images")
+    # the timed steps cycle over these batches, whose FLOPs are counted one by one
+    batches = [make_batch(fs, items[k * bs:(k + 1) * bs]) for k in range(min(n_batches, 4))]
+    n_batches = len(batches)
+
+    flops = []  # forward + backward (the optimizer step is not counted)
+    for batch in batches:
+        with FlopCounterMode(display=False) as fc:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
+                out = model(batch)
+            out["loss"].backward()
+        flops.append(fc.get_total_flops())
+        optimizer.zero_grad(set_to_none=True)
+    for k in range(3):  # warm-up
+        _step(model, optimizer, batches[k % n_batches], autocast)
+    times, cpu_times, mm_times, mm_cpu = [], [], [], []
+    for k in range(repeats):  # steps and reference products interleaved: the same machine load for both
+        t, c = time.perf_counter(), time.process_time()
+        _step(model, optimizer, batches[k % n_batches], autocast)
+        times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
+        w, c = probe.time()
+        mm_times.append(w)
+        mm_cpu.append(c)
+    t_med = statistics.median(times)
+    f_mean = sum(flops[k % n_batches] for k in range(repeats)) / repeats
+    tokens = [len(t) for t in batches[0].tokens]
+    return {"model": name, "batch_size": bs, "max_tokens": max(tokens), "mean_tokens": statistics.mean(tokens),
+            "gflop_per_step": f_mean / 1e9, "step_ms": 1e3 * t_med, "step_ms_min": 1e3 * min(times),
+            "gflops": f_mean / t_med / 1e9, "matmul_gflops": probe.gflops(statistics.median(mm_times)),
+            "step_cpu_ms": 1e3 * statistics.median(cpu_times), "matmul_cpu_gflops": probe.gflops(statistics.median(mm_cpu)),
+            "overrides": overrides, "autocast": autocast, "load": os.getloadavg()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["mlmcs", "dsve", "attnreg"])
+    ap.add_argument("--repeats", type=int, default=20, help="timed steps per model (median)")
+    ap.add_argument("--images", type=int, default=700, help="synthetic benchmark size (its train split feeds the batches)")
+    ap.add_argument("--data", default=None, help="a synthetic benchmark folder to reuse (default: a temporary one)")
+    ap.add_argument("--mm-size", type=int, default=2048)
+    ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
+                    help="bf16: the forward under CPU bf16 autocast, reference matrix product in bf16")
+    ap.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
+                    help="a config override for one model, e.g. mlmcs:model_args.attention=softmax")
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    args = ap.parse_args()
+
+    mm_dtype = torch.bfloat16 if args.autocast == "bf16" else torch.float32
+    tmp = None
+    if args.data is None:
+        tmp = tempfile.TemporaryDirectory(prefix="pg-bench-")
+        data_root = Path(tmp.name) / "synthetic"
+    else:
+        data_root = Path(args.data)
+    cfg0 = load_config(ROOT / "src" / "phraseground" / "configs" / "mlmcs_synthetic.yaml",
+                       [f"data.synthetic_images={args.images}"])
+    ensure_synthetic(cfg0.data, data_root)
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
+          f"CPU {platform.processor() or platform.machine()}, load (1/5/15 min) {load_label()}")
+    probe = MatmulProbe(args.mm_size, mm_dtype)
+    rows = []
+    for name in args.models:
+        overrides = [s.split(":", 1)[1] for s in args.set if s.split(":", 1)[0] == name]
+        rows.append(bench_model(name, overrides, data_root, args.repeats, args.autocast, probe))
+        r = rows[-1]
+        print(f"  {name}: {r['gflop_per_step']:.2f} GFLOP/step, {r['step_ms']:.1f} ms/step, {r['gflops']:.1f} GFLOP/s; "
+              f"matrix product {r['matmul_gflops']:.1f} GFLOP/s; load {load_label()}", flush=True)
+    dt = str(mm_dtype).replace("torch.", "")
+    print(f"\nreference: a {args.mm_size}² {dt} matrix product timed after every step (median)\n")
+    print(f"| model | batch | GFLOP/step (fwd+bwd) | step ms (median) | GFLOP/s | matmul GFLOP/s ({dt}) | FLOP-limit ms "
+          "| ratio | step CPU ms | ratio (CPU time) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        limit_ms = r["gflop_per_step"] / r["matmul_gflops"] * 1e3
+        r["limit_ms"] = limit_ms
+        r["ratio"] = r["step_ms"] / limit_ms
+        r["ratio_cpu"] = r["step_cpu_ms"] / (r["gflop_per_step"] / r["matmul_cpu_gflops"] * 1e3)
+        print(f"| {r['model']} | {r['batch_size']} | {r['gflop_per_step']:.2f} | {r['step_ms']:.1f} | {r['gflops']:.1f} "
+              f"| {r['matmul_gflops']:.1f} | {limit_ms:.1f} | {r['ratio']:.2f} | {r['step_cpu_ms']:.1f} | {r['ratio_cpu']:.2f} |")
+    if args.json:
+        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "load": os.getloadavg(),
+                "matmul": {"dtype": dt, "size": args.mm_size}, "autocast": args.autocast}
+        Path(args.json).write_text(json.dumps({"meta": meta, "models": rows}, indent=2))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
