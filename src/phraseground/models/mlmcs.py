@@ -93,8 +93,44 @@ def _mlp(dims: list[int], slope: float) -> nn.Sequential:
     """
     layers: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:]):
-        layers += [nn.Linear(a, b), nn.LeakyReLU(slope)]
+        layers += [nn.Linear(a, b), nn.LeakyReLU(slope, inplace=True)]  # in place: the product's output is not kept
     return nn.Sequential(*layers)
+
+
+def _region_attention(q: torch.Tensor, v: torch.Tensor, softmax: bool, need_heat: bool
+                      ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Attention of P queries over the regions of G (image, level) groups.
+
+    Args:
+        q: (G or 1, P, D) unit queries (a leading 1 is shared by every group).
+        v: (G, N, D) unit region features.
+
+    Returns:
+        H (G, N, P) attention maps (None unless ``need_heat``) and R (G, P) = cos(a, q) with the
+        attended vector a = Σ_n H_n v_n.
+
+    Layout: the dots come from one matrix product (G·N, D) × (D, P) when the queries are
+    shared, and their buffer becomes H in place (ReLU), so the (G, N, P) tensor exists once;
+    a (G, D, P) comes from one batched product; the score needs only a: <a, q> = Σ_n H_n <v_n, q>,
+    and |a| (with |q| = 1). When N < D the norm is formed from the regions' Gram matrix
+    instead, |a|² = Hᵀ (V Vᵀ) H, which costs N² instead of N·D per query.
+    """
+    g, n, d = v.shape
+    p = q.shape[-2]
+    if q.shape[0] == 1:
+        dots = (v.reshape(g * n, d) @ q[0].t()).view(g, n, p)  # (G, N, P)
+    else:
+        dots = torch.bmm(v, q.transpose(1, 2))  # (G, N, P)
+    heat = torch.softmax(dots, dim=1) if softmax else torch.relu_(dots)
+    if n < d:
+        gram = torch.bmm(v, v.transpose(1, 2))  # (G, N, N)
+        num = (heat * dots).sum(1) if softmax else heat.square().sum(1)  # <a, q>; relu: H·dots = H²
+        norm = (heat * torch.bmm(gram, heat)).sum(1).clamp_min(EPS * EPS).sqrt()  # clamp first: no inf gradient
+    else:
+        a = torch.bmm(v.transpose(1, 2), heat)  # (G, D, P)
+        num = (a * q.transpose(1, 2)).sum(1)  # (G, P)
+        norm = a.norm(dim=1).clamp_min(EPS)
+    return (heat if need_heat else None), num / norm
 
 
 def attend(q: torch.Tensor, v: torch.Tensor, softmax: bool = False, all_pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,15 +145,69 @@ def attend(q: torch.Tensor, v: torch.Tensor, softmax: bool = False, all_pairs: b
 
     Returns:
         H (..., L, T, N) attention maps and R (..., L, T) = cos(Σ_n H v_n, q), where ``...``
-        is (Bq, Bv) for all pairs and (B,) otherwise.
+        is (Bq, Bv) for all pairs and (B,) otherwise (H is a view of an (…, L, N, T) buffer).
     """
-    pre = "si" if all_pairs else "b"
-    qs, vs = ("s", "i") if all_pairs else ("b", "b")
-    dots = torch.einsum(f"{qs}td,{vs}lnd->{pre}ltn", q, v)  # (..., L, T, N)
-    heat = torch.softmax(dots, dim=-1) if softmax else torch.relu(dots)
-    attended = torch.einsum(f"{pre}ltn,{vs}lnd->{pre}ltd", heat, v)  # (..., L, T, D)
-    score = (heat * dots).sum(-1) / attended.norm(dim=-1).clamp_min(EPS)  # <a, q> / |a|, |q| = 1
-    return heat, score
+    bq, t, d = q.shape
+    bv, L, n, _ = v.shape
+    if all_pairs:
+        heat, r = _region_attention(q.reshape(1, bq * t, d), v.reshape(bv * L, n, d), softmax, True)
+        heat = heat.view(bv, L, n, bq, t).permute(3, 0, 1, 4, 2)  # (Bq, Bv, L, T, N)
+        return heat, r.view(bv, L, bq, t).permute(2, 0, 1, 3)
+    qg = q[:, None].expand(bq, L, t, d).reshape(bq * L, t, d)
+    heat, r = _region_attention(qg, v.reshape(bv * L, n, d), softmax, True)
+    return heat.view(bv, L, n, t).transpose(2, 3), r.view(bv, L, t)
+
+
+def all_pairs_scores(queries: list[tuple[torch.Tensor, torch.Tensor | None]], v: torch.Tensor, softmax: bool = False
+                     ) -> list[torch.Tensor]:
+    """R of :func:`attend` for every (text, image) pair, computed only where it is needed.
+
+    Several query sets (the words and the sentence vectors of a batch) are scored in one pass
+    over the regions. Padded positions (mask False) are left out and get 0; a query vector that
+    occurs several times (a context-free word feature: the same word in several captions) is
+    scored once and its scores shared — bit-identical rows only, so the values and the
+    parameters' gradients are those of the full computation.
+
+    Args:
+        queries: (q, mask) pairs, q (Bq, T, D) unit queries, mask (Bq, T) bool or None.
+        v: (Bv, L, N, D) unit region features.
+
+    Returns:
+        for each query set, R (Bq, Bv, L, T).
+    """
+    bv, L, n, d = v.shape
+    rows, places = [], []
+    for q, mask in queries:
+        flat = q.reshape(-1, d)
+        pos = mask.reshape(-1).nonzero().squeeze(1) if mask is not None else None
+        rows.append(flat if pos is None else flat.index_select(0, pos))
+        places.append(pos)
+    rows = torch.cat(rows) if len(rows) > 1 else rows[0]
+    _, inverse = torch.unique(rows.detach(), dim=0, return_inverse=True)
+    k = int(inverse.max()) + 1 if len(inverse) else 0
+    if k < len(rows):  # one representative row (the first) per distinct vector
+        first = torch.full((k,), len(rows), dtype=torch.long, device=rows.device)
+        first.scatter_reduce_(0, inverse, torch.arange(len(rows), device=rows.device), "amin")
+        _, r = _region_attention(rows.index_select(0, first)[None], v.reshape(bv * L, n, d), softmax, False)
+        r = r.index_select(1, inverse)  # (Bv·L, P)
+    else:
+        _, r = _region_attention(rows[None], v.reshape(bv * L, n, d), softmax, False)
+    out, start = [], 0
+    for (q, _), pos in zip(queries, places):
+        bq, t = q.shape[:2]
+        size = bq * t if pos is None else len(pos)
+        part = r[:, start:start + size]
+        start += size
+        if pos is not None:
+            part = part.new_zeros(bv * L, bq * t).index_copy(1, pos, part)
+        out.append(part.reshape(bv, L, bq, t).permute(2, 0, 1, 3))
+    return out
+
+
+def unit(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """x / max(|x|, eps) over the last dimension (``F.normalize``), as a product with the
+    reciprocal norm: fewer passes over a large tensor, forward and backward."""
+    return x * x.square().sum(-1, keepdim=True).clamp_min(eps * eps).rsqrt()
 
 
 @register_model("mlmcs", MLMCSConfig)
@@ -155,7 +245,7 @@ class MLMCS(GroundingModel):
         features = resize_to_grid({lv: features[lv].float() for lv in self.levels}, self.cfg.grid)
         for lv in self.levels:
             maps.append(self.visual[lv](features[lv].flatten(2).transpose(1, 2)))  # (B, N, C) -> (B, N, D)
-        return F.normalize(torch.stack(maps, dim=1), dim=-1)  # (B, L, N, D)
+        return unit(torch.stack(maps, dim=1))  # (B, L, N, D)
 
     def encode_text(self, tokens: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Texts -> words S (B, T, D), sentence s̄ (B, D), mask (B, T)."""
@@ -168,10 +258,9 @@ class MLMCS(GroundingModel):
     def pair_scores(self, words: torch.Tensor, sent: torch.Tensor, mask: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All-pairs word-level R_w and sentence-level R_s scores, each (B_text, B_image)."""
         softmax = self.cfg.attention == "softmax"
-        _, r = attend(words, v, softmax, all_pairs=True)  # (Bs, Bi, L, T)
+        r, r_s = all_pairs_scores([(words, mask), (sent[:, None, :], None)], v, softmax)  # (Bs, Bi, L, T), (Bs, Bi, L, 1)
         r_t = r.amax(dim=2).masked_fill(~mask[:, None, :], float("-inf"))  # (Bs, Bi, T)
         r_w = torch.logsumexp(self.cfg.gamma1 * r_t, dim=-1) / self.cfg.gamma1  # (Bs, Bi)
-        _, r_s = attend(sent[:, None, :], v, softmax, all_pairs=True)  # (Bs, Bi, L, 1)
         return r_w, r_s.amax(dim=2).squeeze(-1)
 
     def training_loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
@@ -202,21 +291,30 @@ class MLMCS(GroundingModel):
                                                torch.full((n,), level)))
             return results
         heat, r = attend(words, v, softmax)  # (B, L, T, N), (B, L, T)
-        r_t, level_t = r.max(dim=1)  # (B, T)
-        for b, bspans in enumerate(spans):
-            maps, scores, levels = [], [], []
-            for start, end in bspans:
-                w = r_t[b, start:end].clamp_min(0)  # (n_words,)
-                lv = level_t[b, start:end]
-                word_maps = heat[b, lv, torch.arange(start, end, device=heat.device)]  # (n_words, N)
-                if self.cfg.word_heatmap_norm == "sum":
-                    word_maps = word_maps / word_maps.sum(-1, keepdim=True).clamp_min(EPS)
-                total = w.sum()
-                hm = (w[:, None] * word_maps).sum(0) / total if total > 0 else torch.zeros_like(word_maps[0])
-                maps.append(hm.view(m, m))  # (M, M)
-                scores.append(total / max(end - start, 1))
-                levels.append(lv[int(w.argmax())] if end > start else torch.tensor(-1))
-            results.append(GroundingResult(torch.stack(maps), torch.stack(scores), torch.stack(levels)))
+        r_t, level_t = r.max(dim=1)  # (B, T): each word's best level
+        b_, t_, n_ = heat.shape[0], heat.shape[2], heat.shape[3]
+        word_maps = heat.gather(1, level_t[:, None, :, None].expand(b_, 1, t_, n_)).squeeze(1)  # (B, T, N)
+        if self.cfg.word_heatmap_norm == "sum":
+            word_maps = word_maps / word_maps.sum(-1, keepdim=True).clamp_min(EPS)
+        # every phrase of every text at once: span masks (P, T), R_t weights, one batched product
+        text_of = torch.tensor([b for b, bspans in enumerate(spans) for _ in bspans], dtype=torch.long)
+        bounds = torch.tensor([se for bspans in spans for se in bspans], dtype=torch.long).view(-1, 2)
+        pos = torch.arange(t_)
+        inside = (pos[None] >= bounds[:, :1]) & (pos[None] < bounds[:, 1:])  # (P, T)
+        inside = inside.to(heat.device)
+        text_of, bounds = text_of.to(heat.device), bounds.to(heat.device)
+        w = torch.where(inside, r_t[text_of].clamp_min(0), 0.0)  # (P, T)
+        total = w.sum(1)  # (P,)
+        maps = torch.bmm(w[:, None, :], word_maps[text_of]).squeeze(1)  # (P, N)
+        maps = torch.where(total[:, None] > 0, maps / total.clamp_min(EPS)[:, None], 0.0)
+        scores = total / (bounds[:, 1] - bounds[:, 0]).clamp_min(1)
+        first_best = torch.where(inside, w, -1.0).argmax(1)  # the first word of largest weight
+        levels = torch.where(inside.any(1), level_t[text_of, first_best], -1)
+        results, k = [], 0
+        for bspans in spans:
+            n = len(bspans)
+            results.append(GroundingResult(maps[k:k + n].view(n, m, m), scores[k:k + n], levels[k:k + n]))
+            k += n
         return results
 
 
