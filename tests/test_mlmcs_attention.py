@@ -130,12 +130,14 @@ ABLATIONS = [
     {"word_layers": [1]},  # contextual (BiLSTM) word features: no repeated rows to share
     {"word_layers": [0, 1]},
     {"dim": 32, "grid": 4},  # N = 16 < D = 32: the Gram form inside a model
+    {"loss_terms": "words"},
+    {"loss_terms": "sentence"},
 ]
 
 
 @pytest.mark.parametrize("kw", ABLATIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
 def test_model_loss_and_parameter_gradients_match_einsum_reference(kw, monkeypatch):
-    args = dict(dim=8, grid=4, text_dim=8)
+    args = dict(dim=8, grid=4, word_dim=8)
     args.update(kw)
     torch.manual_seed(0)
     model = create_model("mlmcs", vocab=VOCAB, **args)
@@ -162,7 +164,7 @@ def test_model_loss_and_parameter_gradients_match_einsum_reference(kw, monkeypat
 @torch.no_grad()
 def test_ground_matches_per_phrase_reference(kw):
     torch.manual_seed(0)
-    model = create_model("mlmcs", vocab=VOCAB, dim=8, grid=4, text_dim=8, **kw).eval()
+    model = create_model("mlmcs", vocab=VOCAB, dim=8, grid=4, word_dim=8, **kw).eval()
     tokens = [["a", "red", "star", "left", "of", "the", "blue", "square"], ["a", "large", "star"]]
     spans = [[(0, 3), (5, 8), (4, 4)], [(1, 3)]]
     results = model.ground(_features(2, seed=3), tokens, spans)
@@ -205,6 +207,21 @@ def test_repeated_context_free_words_are_scored_once(monkeypatch):
     torch.manual_seed(0)
     tokens = [["a", "red", "star"], ["a", "red", "square"], ["the", "star"]]
     for word_layers, rows in (([0], 5 + 3), ([1], 8 + 3)):  # distinct words + sentences; every word + sentences
-        model = create_model("mlmcs", vocab=VOCAB, dim=8, grid=4, text_dim=8, word_layers=word_layers)
+        model = create_model("mlmcs", vocab=VOCAB, dim=8, grid=4, word_dim=8, word_layers=word_layers)
         model.training_loss(TrainBatch(_features(3), tokens, image_index=torch.tensor([0, 1, 2])))
         assert seen.pop() == rows
+
+
+def test_bf16_autocast_training_loss_is_close_to_fp32():
+    tokens = [["a", "red", "star", "left", "of", "a", "blue", "square"], ["a", "small", "star"], ["the", "large", "square"]]
+    batch = TrainBatch(_features(3), tokens, image_index=torch.tensor([0, 1, 2]))
+    losses = []
+    for autocast in ("off", "bf16"):
+        torch.manual_seed(0)
+        model = create_model("mlmcs", vocab=VOCAB, dim=16, grid=4, word_dim=16, autocast=autocast)
+        out = model.training_loss(batch)
+        out["loss"].backward()
+        assert out["loss"].dtype == torch.float32
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        losses.append(float(out["loss"].detach()))
+    assert losses[1] == pytest.approx(losses[0], rel=0.02)

@@ -51,6 +51,9 @@ class MLMCSConfig(BackboneConfig):
             "none" (the raw ReLU attention map) or "sum" (each map divided by its sum, so a
             word with a broad, strong response does not outweigh the others; not specified by
             the paper — measured in README "Measured notes").
+        autocast: "off" (fp32), or "bf16": the training forward under bfloat16 autocast (matrix
+            products in bf16 — AVX-512 BF16 CPUs, GPU tensor cores; scores reduced in fp32);
+            grounding and evaluation stay fp32. Measured in README "Training speed".
     """
 
     level_ablation: Literal["multi", "middle", "last"] = "multi"
@@ -68,6 +71,7 @@ class MLMCSConfig(BackboneConfig):
     grounding: Literal["words", "sentence"] = "words"
     word_heatmap_norm: Literal["none", "sum"] = "none"
     loss_terms: Literal["both", "words", "sentence"] = "both"
+    autocast: Literal["off", "bf16"] = "off"
 
     at_least_one: ClassVar[tuple[str, ...]] = ("grid", "dim", "word_dim")
     positive: ClassVar[tuple[str, ...]] = ("gamma1", "gamma2")
@@ -124,10 +128,10 @@ def _region_attention(q: torch.Tensor, v: torch.Tensor, softmax: bool, need_heat
     heat = torch.softmax(dots, dim=1) if softmax else torch.relu_(dots)
     if n < d:
         gram = torch.bmm(v, v.transpose(1, 2))  # (G, N, N)
-        num = (heat * dots).sum(1) if softmax else heat.square().sum(1)  # <a, q>; relu: H·dots = H²
-        norm = (heat * torch.bmm(gram, heat)).sum(1).clamp_min(EPS * EPS).sqrt()  # clamp first: no inf gradient
+        num = ((heat * dots).sum(1) if softmax else heat.square().sum(1)).float()  # <a, q>; relu: H·dots = H²
+        norm = (heat * torch.bmm(gram, heat)).float().sum(1).clamp_min(EPS * EPS).sqrt()  # clamp first: no inf gradient
     else:
-        a = torch.bmm(v.transpose(1, 2), heat)  # (G, D, P)
+        a = torch.bmm(v.transpose(1, 2), heat).float()  # (G, D, P); fp32 reductions under bf16 autocast
         num = (a * q.transpose(1, 2)).sum(1)  # (G, P)
         norm = a.norm(dim=1).clamp_min(EPS)
     return (heat if need_heat else None), num / norm
@@ -206,8 +210,9 @@ def all_pairs_scores(queries: list[tuple[torch.Tensor, torch.Tensor | None]], v:
 
 def unit(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """x / max(|x|, eps) over the last dimension (``F.normalize``), as a product with the
-    reciprocal norm: fewer passes over a large tensor, forward and backward."""
-    return x * x.square().sum(-1, keepdim=True).clamp_min(eps * eps).rsqrt()
+    reciprocal norm: a multiplication instead of a division over the large tensor, forward
+    and backward (measured 8 % faster on the visual path's (32, 3, 256, 128) tensor)."""
+    return x * torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps).reciprocal()
 
 
 @register_model("mlmcs", MLMCSConfig)
@@ -258,15 +263,25 @@ class MLMCS(GroundingModel):
     def pair_scores(self, words: torch.Tensor, sent: torch.Tensor, mask: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All-pairs word-level R_w and sentence-level R_s scores, each (B_text, B_image)."""
         softmax = self.cfg.attention == "softmax"
-        r, r_s = all_pairs_scores([(words, mask), (sent[:, None, :], None)], v, softmax)  # (Bs, Bi, L, T), (Bs, Bi, L, 1)
+        wq, sq = (words, mask), (sent[:, None, :], None)
+        if self.cfg.loss_terms == "both" or not torch.is_grad_enabled():
+            r, r_s = all_pairs_scores([wq, sq], v, softmax)  # one pass: (Bs, Bi, L, T), (Bs, Bi, L, 1)
+        else:  # the term left out of the loss is only reported: no gradient reaches its path
+            used, other = (wq, sq) if self.cfg.loss_terms == "words" else (sq, wq)
+            (r_used,) = all_pairs_scores([used], v, softmax)
+            with torch.no_grad():
+                (r_other,) = all_pairs_scores([other], v, softmax)
+            r, r_s = (r_used, r_other) if self.cfg.loss_terms == "words" else (r_other, r_used)
         r_t = r.amax(dim=2).masked_fill(~mask[:, None, :], float("-inf"))  # (Bs, Bi, T)
         r_w = torch.logsumexp(self.cfg.gamma1 * r_t, dim=-1) / self.cfg.gamma1  # (Bs, Bi)
         return r_w, r_s.amax(dim=2).squeeze(-1)
 
     def training_loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        v = self.encode_image(batch.features)
-        words, sent, mask = self.encode_text(batch.tokens)
-        r_w, r_s = self.pair_scores(words, sent, mask, v)
+        with torch.autocast(self.word_mix.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
+            v = self.encode_image(batch.features)
+            words, sent, mask = self.encode_text(batch.tokens)
+            r_w, r_s = self.pair_scores(words, sent, mask, v)
+        r_w, r_s = r_w.float(), r_s.float()
         loss_w = batch_softmax_loss(r_w, self.cfg.gamma2, batch.image_index)
         loss_s = batch_softmax_loss(r_s, self.cfg.gamma2, batch.image_index)
         terms = self.cfg.loss_terms
@@ -280,16 +295,13 @@ class MLMCS(GroundingModel):
         words, sent, mask = self.encode_text(tokens)
         softmax = self.cfg.attention == "softmax"
         m = self.cfg.grid
-        results = []
         if self.cfg.grounding == "sentence":
             heat, r = attend(sent[:, None, :], v, softmax)  # (B, L, 1, N), (B, L, 1)
-            for b, bspans in enumerate(spans):
-                level = int(r[b, :, 0].argmax())
-                hm = heat[b, level, 0].view(m, m)  # (M, M)
-                n = len(bspans)
-                results.append(GroundingResult(hm.expand(n, m, m).clone(), r[b, level, 0].clamp_min(0).expand(n).clone(),
-                                               torch.full((n,), level)))
-            return results
+            level = r[:, :, 0].argmax(1)  # (B,)
+            rows = torch.arange(len(level), device=level.device)
+            maps, scores = heat[rows, level, 0].reshape(-1, m, m), r[rows, level, 0].clamp_min(0)  # (B, M, M), (B,)
+            return [GroundingResult(maps[b].expand(len(bspans), m, m).clone(), scores[b].expand(len(bspans)).clone(),
+                                    level[b].expand(len(bspans)).clone()) for b, bspans in enumerate(spans)]
         heat, r = attend(words, v, softmax)  # (B, L, T, N), (B, L, T)
         r_t, level_t = r.max(dim=1)  # (B, T): each word's best level
         b_, t_, n_ = heat.shape[0], heat.shape[2], heat.shape[3]
