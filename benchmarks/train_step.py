@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from phraseground.encoders.text import Vocab  # noqa: E402
 from phraseground.models.registry import create_model  # noqa: E402
 from phraseground.train.config import load_config  # noqa: E402
-from phraseground.train.data import build_feature_set, ensure_synthetic, load_split, make_batch, tokenize  # noqa: E402
+from phraseground.encoders.text import tokenize  # noqa: E402
+from phraseground.train.data import build_feature_set, ensure_synthetic, load_split, make_batch  # noqa: E402
 from phraseground.train.loop import _epoch_items  # noqa: E402
 
 
@@ -85,7 +86,7 @@ def bench_model(name: str, overrides: list[str], data_root: Path, repeats: int, 
     samples = load_split(cfg.data, "train")
     vocab = Vocab.build((tokenize(c.text) for s in samples for c in s.captions), tc.vocab_min_count).itos
     torch.manual_seed(tc.seed)
-    model = create_model(cfg.model, vocab=vocab, **cfg.model_args)
+    model = create_model(cfg.model, vocab=vocab, config=cfg.model_args)
     fs = build_feature_set(model, samples, tc.feature_batch, "cpu", False)
     model.on_epoch_start(0)
     model.train()
