@@ -184,8 +184,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 from ..eval.predictions import PredictionsWriter
 
                 writer = PredictionsWriter(Path(args.predictions_out), args.protocol, heatmaps=args.heatmaps)
+            from .report import RecordCollector, on_phrases
+
+            collected = RecordCollector(args.protocol) if args.report else None
             result["grounding"] = evaluate_grounding(model, fs, args.protocol, progress=not args.quiet, box_frame=frame,
-                                                     on_phrase=writer)
+                                                     on_phrase=on_phrases(writer, collected))
             if writer is not None:
                 writer.close()
                 result["predictions_out"] = str(args.predictions_out)
@@ -194,7 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
                 if args.baseline:
                     raise PhrasegroundError("--report needs --checkpoint (a baseline has no training log)")
-                evaluation_report(Path(args.report), model, fs, result["grounding"], ckpt["model"],
+                evaluation_report(Path(args.report), collected, fs.samples, result["grounding"], ckpt["model"],
                                   Path(args.checkpoint), seed=args.seed, box_frame=frame)
                 print(f"report: {Path(args.report) / 'report.html'}, {Path(args.report) / 'report.md'}")
         if args.task in ("retrieval", "all"):

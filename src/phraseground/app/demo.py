@@ -16,7 +16,7 @@ from ..models.checkpoint import model_from_checkpoint
 from ..train.config import default_config
 from ..train.data import box_frame_of, build_feature_set, ensure_synthetic, load_split
 from ..train.loop import train
-from .report import headline, report_for_model
+from .report import RecordCollector, headline, report_for_model
 
 
 def _demo_overrides(images: int | None, epochs: int | None, overrides: list[str] | None) -> list[str]:
@@ -55,7 +55,8 @@ def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs:
     fs = build_feature_set(best, test, cfg.train.feature_batch, device=dev)
     protocol = cfg.train.val_protocol
     frame = box_frame_of(cfg.data)
-    result = evaluate_grounding(best, fs, protocol, progress=progress, box_frame=frame)
+    collected = RecordCollector(protocol)
+    result = evaluate_grounding(best, fs, protocol, progress=progress, box_frame=frame, on_phrase=collected)
     center = evaluate_baseline(test, "center", protocol, box_frame=frame)
     rand = evaluate_baseline(test, "random", protocol, repeats=10, seed=0, box_frame=frame)
     report: dict[str, Any] = {
@@ -77,7 +78,7 @@ def run_demo(out: Path, model: str = "mlmcs", images: int | None = None, epochs:
     report["total_seconds"] = time.time() - t0
     report["peak_memory_mb"] = peak_memory_mb()
     report["title"] = f"phraseground demo: {model} on the synthetic benchmark"
-    drawn = report_for_model(out, best, fs, report, center, rand, log_path=out / "run" / "log.jsonl")
+    drawn = report_for_model(out, collected, test, report, center, rand, log_path=out / "run" / "log.jsonl")
     report["report_files"] = drawn["files"]
     write_json(out / "report.json", report)
     return report

@@ -362,7 +362,8 @@ def write_report(out_dir: Path, summary: dict, records: Sequence[dict], samples:
             ``attention_correctness``, ``baselines`` {center, random, random_repeats}, ``n_images``,
             ``n_phrases``, ``hits``, ``misses``, ``skipped``, ``per_type``; optional ``title``,
             ``train_seconds``, ``total_seconds``, ``peak_memory_mb``, ``checkpoint``, ``retrieval``).
-        records: per-phrase evaluation records (module docstring), all phrases of the split.
+        records: per-phrase evaluation records (module docstring), all phrases of the split
+            (``RecordCollector`` gathers them from the evaluation runner).
         samples: the split's samples (ground truth and image files).
         heatmap_fn: the heatmaps (model grid, any size) of a list of records, for the overlays;
             without it the overlays show the boxes and points only.
@@ -451,79 +452,58 @@ def per_type_table(summary: dict, center: dict, rand: dict) -> dict[str, dict[st
                                    ("random baseline", rand["per_type"]))}
 
 
-def report_for_model(out_dir: Path, model, fs, summary: dict, center: dict, rand: dict,
+def report_for_model(out_dir: Path, collected: "RecordCollector", samples, summary: dict, center: dict, rand: dict,
                      log_path: Path | None = None) -> dict[str, Any]:
-    """``write_report`` for a model evaluated on a FeatureSet (records and overlays from the model)."""
-    records = phrase_records(model, fs, summary["protocol"], summary.get("box_frame", "xyxy"))
-    return write_report(out_dir, summary, records, fs.samples, heatmap_fn=model_heatmaps(model, fs),
+    """``write_report`` from what the evaluation runner handed a ``RecordCollector``."""
+    return write_report(out_dir, summary, collected.records, samples, heatmap_fn=collected.heatmaps,
                         log_path=log_path, per_type=per_type_table(summary, center, rand))
 
 
-def evaluation_report(out_dir: Path, model, fs, result: dict, model_name: str, checkpoint: Path,
-                      seed: int = 0, box_frame: str = "xyxy") -> dict[str, Any]:
+def evaluation_report(out_dir: Path, collected: "RecordCollector", samples, result: dict, model_name: str,
+                      checkpoint: Path, seed: int = 0, box_frame: str = "xyxy") -> dict[str, Any]:
     """``evaluate --report DIR``: the baselines on the same phrases, then the report; the learning
     curve comes from the ``log.jsonl`` beside the checkpoint, when there is one."""
     from ..eval.baselines import evaluate_baseline
 
     protocol = result["pointing"]["protocol"]
-    center = evaluate_baseline(fs.samples, "center", protocol, box_frame=box_frame)
-    rand = evaluate_baseline(fs.samples, "random", protocol, repeats=10, seed=seed, box_frame=box_frame)
-    summary = {**headline(model_name, result, center, rand, len(fs.samples), box_frame), "checkpoint": str(checkpoint),
+    center = evaluate_baseline(samples, "center", protocol, box_frame=box_frame)
+    rand = evaluate_baseline(samples, "random", protocol, repeats=10, seed=seed, box_frame=box_frame)
+    summary = {**headline(model_name, result, center, rand, len(samples), box_frame), "checkpoint": str(checkpoint),
                "title": f"phraseground evaluation: {model_name}"}
-    return report_for_model(out_dir, model, fs, summary, center, rand, Path(checkpoint).parent / "log.jsonl")
+    return report_for_model(out_dir, collected, samples, summary, center, rand, Path(checkpoint).parent / "log.jsonl")
 
 
-# ----------------------------------------------------------------------------- records from a model
-# Until the evaluation runner (eval/) hands out its per-phrase records, these build the same
-# fields from the model and the harness's protocol functions.
+class RecordCollector:
+    """An ``on_phrase`` callback for the evaluation runner (``evaluate_grounding(...,
+    on_phrase=)``): keeps every phrase's record (``eval.runner.phrase_record``: the output
+    record plus ``hit`` and ``skip_reason``) and its low-resolution heatmap, for the report."""
+
+    def __init__(self, protocol: str = "akbari2019") -> None:
+        self.protocol = protocol
+        self.records: list[dict] = []
+        self._maps: dict[tuple[str, int, int], torch.Tensor] = {}
+
+    def __call__(self, sample: ImageSample, c: int, k: int, phrase, r: dict, extra: dict) -> None:
+        from ..eval.runner import phrase_record
+
+        self.records.append(phrase_record(sample, c, k, phrase, r, extra.get("score"), extra.get("level"),
+                                          protocol=self.protocol))
+        if extra.get("heatmap") is not None:
+            self._maps[(str(sample.image_id), c, k)] = torch.as_tensor(extra["heatmap"]).float()
+
+    def heatmaps(self, records: list[dict]) -> list[torch.Tensor | None]:
+        """A ``heatmap_fn`` for ``write_report``."""
+        return [self._maps.get(_key(r)) for r in records]
 
 
-def phrase_records(model, fs, protocol: str = "akbari2019", box_frame: str = "xyxy",
-                   batch_size: int = 64) -> list[dict]:
-    """One evaluation record per phrase of every caption of a FeatureSet (hit and skip exactly
-    as the pointing game decides them)."""
-    from ..eval.grounding import caption_batches, ground_captions
-    from ..eval.pointing import PointingGame, pointing_point, skip_reason
+def on_phrases(*callbacks):
+    """One ``on_phrase`` callback that calls each of ``callbacks`` (None ones left out)."""
+    live = [c for c in callbacks if c is not None]
+    if not live:
+        return None
 
-    out = []
-    game = PointingGame(protocol, box_frame)
-    model.eval()
-    for pairs in caption_batches(fs.samples, batch_size):
-        for (i, c), res in zip(pairs, ground_captions(model, fs, pairs)):
-            s = fs.samples[i]
-            for k, phrase in enumerate(s.captions[c].phrases):
-                hm = res.heatmaps[k].float().cpu()
-                reason = skip_reason(phrase, s.width, s.height, protocol, box_frame)
-                point = pointing_point(hm, s.width, s.height, protocol)
-                hit = game.update(phrase, s.width, s.height, heatmap=hm)
-                out.append({"image_id": s.image_id, "caption_index": c, "phrase_index": k, "label": phrase.text,
-                            "types": list(phrase.types),
-                            "point": {"x": point[0], "y": point[1]} if point else None,
-                            "hit": hit, "skip_reason": reason})
-    return out
+    def call(*args) -> None:
+        for c in live:
+            c(*args)
 
-
-def model_heatmaps(model, fs) -> HeatmapFn:
-    """A ``heatmap_fn`` for ``write_report`` that grounds the records' captions with ``model``;
-    it also fills each record's ``box`` (the predictor's box) when missing."""
-    from ..eval.grounding import ground_captions
-    from ..predict import locate
-
-    index = {str(s.image_id): i for i, s in enumerate(fs.samples)}
-
-    def fn(records: list[dict]) -> list[torch.Tensor]:
-        pairs = sorted({(index[str(r["image_id"])], int(r["caption_index"])) for r in records})
-        results = dict(zip(pairs, ground_captions(model, fs, pairs))) if pairs else {}
-        maps = []
-        for r in records:
-            i = index[str(r["image_id"])]
-            res = results[(i, int(r["caption_index"]))]
-            k = int(r["phrase_index"])
-            maps.append(res.heatmaps[k])
-            if r.get("box") is None:
-                s = fs.samples[i]
-                _, _, box = locate(res.heatmaps[k], None if res.boxes is None else res.boxes[k], s.width, s.height)
-                r["box"] = dict(zip(("xmin", "ymin", "xmax", "ymax"), box)) if box else None
-        return maps
-
-    return fn
+    return call
