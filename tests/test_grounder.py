@@ -108,3 +108,33 @@ def test_export_round_trip(tiny_run, tiny_bench, tmp_path, grounder):
         [_strip(r) for r in grounder(images, ["a red star", "a circle"])]
     with pytest.raises(CheckpointError, match="config.json"):
         Grounder.from_pretrained(tmp_path)
+
+
+def test_export_command_portable_and_backbone_weights_override(tiny_bench, tmp_path, capsys):
+    from conftest import tiny_overrides
+    from phraseground.app.cli import main
+    from phraseground.encoders.vision import PACKAGE_WEIGHTS
+    from phraseground.train.config import load_config
+    from phraseground.train.loop import train
+
+    local = tmp_path / "mine" / "synthcnn_local.safetensors"  # trained with a local copy of the weights
+    local.parent.mkdir()
+    local.write_bytes((PACKAGE_WEIGHTS / "synthcnn.safetensors").read_bytes())
+    run = tmp_path / "run"
+    train(load_config(None, tiny_overrides(tiny_bench, **{"train.epochs": 1, "model_args.backbone_weights": str(local)})),
+          run, progress=False)
+    assert main(["export", str(run / "best.pt"), str(tmp_path / "exp")]) == 0
+    config = json.loads((tmp_path / "exp" / "config.json").read_text())
+    assert config["model_args"]["backbone_weights"] == "pretrained"
+    assert config["backbone"]["weights_id"] == "synthcnn.safetensors"
+    for f in (tmp_path / "exp").iterdir():
+        if f.suffix == ".json":
+            assert str(tmp_path) not in f.read_text() and "/root" not in f.read_text()
+    image = tiny_bench / "images" / "000025.jpg"
+    ref = Grounder.from_checkpoint(run / "best.pt", device="cpu")(image, "a red star")
+    by_id = Grounder.from_pretrained(tmp_path / "exp", device="cpu")(image, "a red star")
+    override = Grounder.from_pretrained(tmp_path / "exp", device="cpu", backbone_weights=str(local))(image, "a red star")
+    assert by_id == ref == override
+    with pytest.raises(PhrasegroundError, match="not found"):
+        Grounder.from_pretrained(tmp_path / "exp", device="cpu", backbone_weights=str(tmp_path / "nope.safetensors"))
+    capsys.readouterr()

@@ -234,6 +234,15 @@ def cmd_ground(args: argparse.Namespace) -> int:
     return run_ground(args)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from ..predict.export import export_checkpoint
+
+    config = export_checkpoint(Path(args.checkpoint), Path(args.out_dir))
+    files = sorted(p.name for p in Path(args.out_dir).iterdir() if not p.name.startswith("."))
+    print(f"exported {config['model']} (backbone {config['backbone']['name']}, weights id "
+          f"{config['backbone']['weights_id']}) to {args.out_dir}: {', '.join(files)}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -485,6 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
                    help="refuse uploads of more than N pixels, checked on the header before decoding (default 40000000)")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("export", help="write a checkpoint's portable form: model.safetensors + config.json "
+                                      "(+ vocab.json), for Grounder.from_pretrained / ground --pretrained")
+    s.add_argument("checkpoint", help="a training checkpoint (best.pt / last.pt)")
+    s.add_argument("out_dir", help="folder to write (created with its missing parents; its files are replaced)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("demo", help="end to end on the synthetic benchmark: generate, train, evaluate, report")
     s.add_argument("--out", default="runs/demo", help="folder for the benchmark, the run, the report and overlays")
