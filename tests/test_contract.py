@@ -189,7 +189,7 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
 
 # ---------------------------------------------------------------- layers
 LAYERS = {  # package -> rank; a module may import only packages of a lower or equal rank
-    "errors": 0, "io": 0, "schema": 0, "device": 0,
+    "errors": 0, "io": 0, "schema": 0, "device": 0, "extras": 0,
     "data": 1, "encoders": 2, "features": 2, "feature_store": 2, "models": 3,
     "eval": 4, "train": 5, "viz": 5, "predict": 6, "app": 7, "cli": 7, "__main__": 7,
 }

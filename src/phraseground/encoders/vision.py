@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..extras import require
 from ..errors import ConfigError, WeightsNotFoundError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -174,8 +175,7 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
 
 def _timm(name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
-        import timm
-
+        timm = require("timm", "paper", f"the timm backbone {name}")
         return timm.create_model(name, pretrained=False)
 
     return build
@@ -320,8 +320,8 @@ def _torchvision_weights_file(spec: BackboneSpec) -> Path:
 
 
 def _timm_weights_file(spec: BackboneSpec) -> Path:
-    import timm
-    from huggingface_hub import hf_hub_download
+    timm = require("timm", "paper", f"the timm backbone {spec.name}")
+    hf_hub_download = require("huggingface_hub", "paper", f"the {spec.name} weights").hf_hub_download
 
     cfg = timm.models.get_pretrained_cfg(spec.weights_id)
     repo = getattr(cfg, "hf_hub_id", None) or spec.weights_id

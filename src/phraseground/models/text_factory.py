@@ -5,6 +5,7 @@ from typing import Any
 
 from ..encoders.text import LearnedTextEncoder, TextEncoder, Vocab
 from ..errors import ConfigError
+from ..extras import require
 
 TEXT_ENCODERS = ("learned", "elmo", "transformer", "word_table")
 
@@ -17,6 +18,10 @@ def create_text_encoder(kind: str, vocab: list[str] | None, dim: int, args: dict
     word-table encoders are rebuilt with placeholder weights of the right shapes, without
     reading their files; the checkpoint's state dict then fills them in.
     """
+    if kind == "elmo":
+        require("h5py", "paper", "the ELMo text encoder")
+    elif kind == "transformer":
+        require("transformers", "hf", "the transformer text encoder")
     if spec and kind == "elmo":
         from ..encoders.elmo import ElmoEncoder
 
