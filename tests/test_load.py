@@ -1,4 +1,5 @@
-"""Load (slow tier): 8 concurrent `ground` processes on one checkpoint all answer, and alike."""
+"""Load (slow tier): 8 concurrent `ground` processes on one checkpoint all answer, and alike.
+(50 concurrent `serve` requests: tests/test_serve.py.)"""
 from __future__ import annotations
 
 import importlib.util
@@ -19,3 +20,4 @@ def test_eight_concurrent_ground_processes(model_checkpoints, tiny_bench, tmp_pa
     report = bench.run(8, model_checkpoints["mlmcs"], tiny_bench / "images" / "000025.jpg", tmp_path)
     assert report["ok"] == 8 and report["same_answer"], report["per_process"]
     assert all(r["peak_mb"] < 4096 for r in report["per_process"])
+
