@@ -116,3 +116,49 @@ def test_visual_genome_errors(vg_root: Path) -> None:
     (vg_root / "image_data.json").write_text(json.dumps([{"image_id": 1, "width": 5, "height": 5, "url": "no-folder"}]))
     with pytest.raises(DataFormatError, match=r"image_data.json: \[0\]: url does not end in <folder>/<file>"):
         read_visual_genome(vg_root, require_images=False)
+
+
+def _write_big_regions(root: Path, images: int, regions_per_image: int) -> int:
+    """region_descriptions.json in the real release's layout (one line, VG 1.2 keys), written
+    image by image; returns its size in bytes."""
+    with open(root / "region_descriptions.json", "w") as f:
+        f.write("[")
+        for i in range(1, images + 1):
+            regions = [_region(i * 1000 + j, i, f"a small red thing number {j} on the left", j % 50, j % 40, 20, 10)
+                       for j in range(regions_per_image)]
+            f.write(("" if i == 1 else ", ") + json.dumps({"regions": regions, "id": i}))
+        f.write("]")
+    (root / "image_data.json").write_text(json.dumps([_image_data(i, "VG_100K", 800, 600) for i in range(1, images + 1)]))
+    return (root / "region_descriptions.json").stat().st_size
+
+
+def test_region_descriptions_are_streamed_with_bounded_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from phraseground.data.visual_genome import iter_visual_genome
+
+    peaks, sizes = [], []
+    for n in (30, 150):  # ~0.25 MB and ~1.2 MB
+        root = tmp_path / str(n)
+        root.mkdir()
+        sizes.append(_write_big_regions(root, n, 60))
+        next(iter_visual_genome(root, require_images=False))  # imports done before measuring
+        tracemalloc.start()
+        assert sum(1 for _ in iter_visual_genome(root, require_images=False)) == n
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # one image's regions at a time: 5x the file adds little (the image_data table), not the parse tree
+    assert peaks[1] - peaks[0] < (sizes[1] - sizes[0]) / 4, (peaks, sizes)
+    samples, report = read_visual_genome(tmp_path / "30", require_images=False)
+    assert len(samples) == 30 and len(samples[7].captions) == 60 and report.counts == {}
+
+
+def test_streamed_json_errors_name_the_file(vg_root: Path) -> None:
+    path = vg_root / "region_descriptions.json"
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])  # truncated download
+    with pytest.raises(DataFormatError, match=r"region_descriptions.json: invalid JSON"):
+        read_visual_genome(vg_root)
+    path.write_text(json.dumps({"regions": []}))
+    with pytest.raises(DataFormatError, match=r"region_descriptions.json: expected a list at the top level, got an object"):
+        read_visual_genome(vg_root)

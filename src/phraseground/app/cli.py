@@ -44,7 +44,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     from ..data.index import prepare_dataset
 
-    report = prepare_dataset(args.dataset, Path(args.root), Path(args.out), split=args.split, **_parse_options(args.option))
+    report = prepare_dataset(args.dataset, Path(args.root), Path(args.out), split=args.split,
+                             progress=not args.quiet, **_parse_options(args.option))
     print(report.summary())
 
 

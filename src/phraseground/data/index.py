@@ -18,6 +18,8 @@ import gzip
 import inspect
 import json
 import os
+import sys
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -265,7 +267,8 @@ class PrepareReport:
         return "\n".join(lines)
 
 
-def prepare_dataset(name: str, root: Path, out: Path, split: str | None = None, **options: Any) -> PrepareReport:
+def prepare_dataset(name: str, root: Path, out: Path, split: str | None = None, *, progress: bool = False,
+                    **options: Any) -> PrepareReport:
     """Read a dataset, validate it once and write its index.
 
     Args:
@@ -273,6 +276,8 @@ def prepare_dataset(name: str, root: Path, out: Path, split: str | None = None, 
         root: the dataset folder.
         out: the index file to write (``.json`` or ``.json.gz``).
         split: the reader's split name, or None for all.
+        progress: report progress on stderr (the reader's own bar where it has one, e.g. the
+            bytes of Visual Genome's region file; then each stage with its time).
         **options: keyword options of the reader (e.g. ``restval_into_train=True``).
 
     Raises:
@@ -282,15 +287,23 @@ def prepare_dataset(name: str, root: Path, out: Path, split: str | None = None, 
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
     reader = DATASETS[name]
-    known = [p.name for p in inspect.signature(reader).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    params = inspect.signature(reader).parameters
+    known = [p.name for p in params.values() if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "progress"]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(
             f"unknown option(s) {', '.join(unknown)} for dataset '{name}'; known: {', '.join(known) or 'none'}"
         )
     root, out = Path(root), Path(out)
-    samples, read_report = reader(root, split, require_images=False, **options)
+    t0 = time.time()
+    samples, read_report = reader(root, split, require_images=False, **options,
+                                  **({"progress": True} if progress and "progress" in params else {}))
+    if progress:
+        print(f"prepare: read {len(samples)} images in {time.time() - t0:.1f} s; validating", file=sys.stderr, flush=True)
+    t0 = time.time()
     kept, problems = validate_samples(samples)
+    if progress:
+        print(f"prepare: validated in {time.time() - t0:.1f} s; writing {out}", file=sys.stderr, flush=True)
     captions = [c for s in kept for c in s.captions]
     phrases = [p for c in captions for p in c.phrases]
     report = PrepareReport(

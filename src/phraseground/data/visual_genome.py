@@ -12,7 +12,8 @@ Cleaning (the paper, following DenseCap's preprocessing): a few symbols are spel
 characters dropped, text is lower-cased and ASCII punctuation removed; regions left without
 words or with more than ``max_words`` (10) words are dropped; boxes are clipped to the image;
 identical descriptions of one image are merged into one caption whose phrase holds every box.
-Each caption is typed ("vg_region",). The train/test image ids of the paper ship with the
+Each caption is typed ("vg_region",). ``region_descriptions.json`` (several GB) is streamed
+with ``ijson`` (``iter_visual_genome``): memory holds one image's regions at a time, not the file. The train/test image ids of the paper ship with the
 package (``splits/akbari2019_vg_splits.json``).
 """
 from __future__ import annotations
@@ -23,11 +24,13 @@ import unicodedata
 from functools import cache
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 from urllib.parse import urlparse
 
 from phraseground.data.referit import expression_caption
 from phraseground.data.validate import BOX_BROKEN, BOX_CLIPPED, BOX_OUTSIDE, check_boxes
-from phraseground.io import get_field, load_json, require_file
+from phraseground.data.json_stream import iter_json_list
+from phraseground.io import get_field, require_file
 from phraseground.data.types import Box, Caption, ImageSample, ReadReport
 from phraseground.errors import ConfigError, DataFormatError
 
@@ -61,7 +64,8 @@ def akbari2019_vg_split(split: str) -> frozenset[int]:
 
 
 def read_visual_genome(
-    root: Path, split: str | None = None, require_images: bool = True, *, max_words: int = 10
+    root: Path, split: str | None = None, require_images: bool = True, *, max_words: int = 10,
+    progress: bool = False,
 ) -> tuple[list[ImageSample], ReadReport]:
     """Read and clean Visual Genome region descriptions.
 
@@ -70,21 +74,33 @@ def read_visual_genome(
         split: "train" or "test" (Akbari et al. 2019 image ids); None reads every image.
         require_images: raise DataFormatError for a missing image file.
         max_words: longer descriptions (after cleaning) are dropped.
+        progress: show a progress bar over the bytes of ``region_descriptions.json``.
 
     Returns:
         One sample per image with at least one region left, one caption per distinct cleaned
         description, and the counts of what the cleaning dropped or changed.
     """
+    report = ReadReport()
+    samples = list(iter_visual_genome(root, split, require_images, report, max_words=max_words, progress=progress))
+    return samples, report
+
+
+def iter_visual_genome(
+    root: Path, split: str | None = None, require_images: bool = True, report: ReadReport | None = None, *,
+    max_words: int = 10, progress: bool = False,
+) -> Iterator[ImageSample]:
+    """The samples of ``read_visual_genome`` one at a time: ``region_descriptions.json`` (several
+    GB) is streamed (``ijson``), so memory is bounded by one image's regions, not the file.
+
+    Args:
+        report: receives the counts of what the cleaning dropped or changed.
+    """
     root = Path(root)
+    report = report if report is not None else ReadReport()
     keep = akbari2019_vg_split(split) if split is not None else None
     images = _read_image_data(root / "image_data.json")
     regions_path = root / "region_descriptions.json"
-    entries = load_json(regions_path)
-    if not isinstance(entries, list):
-        raise DataFormatError(regions_path, f"expected a list of images, got {type(entries).__name__}")
-    report = ReadReport()
-    samples = []
-    for i, entry in enumerate(entries):
+    for i, entry in enumerate(iter_json_list(regions_path, "region_descriptions.json" if progress else None)):
         where = f"[{i}]"
         image_id = get_field(entry, _id_key(entry, "id", "image_id"), int, regions_path, where)
         if keep is not None and image_id not in keep:
@@ -100,8 +116,7 @@ def read_visual_genome(
             continue
         if require_images:
             require_file(path)
-        samples.append(ImageSample(str(image_id), path, width, height, captions))
-    return samples, report
+        yield ImageSample(str(image_id), path, width, height, captions)
 
 
 def _id_key(record: object, key: str, fallback: str) -> str:
@@ -111,11 +126,8 @@ def _id_key(record: object, key: str, fallback: str) -> str:
 
 def _read_image_data(path: Path) -> dict[int, tuple[Path, int, int]]:
     """``image id -> (image path, width, height)``; the image folder is taken from the url."""
-    data = load_json(path)
-    if not isinstance(data, list):
-        raise DataFormatError(path, f"expected a list of images, got {type(data).__name__}")
     images = {}
-    for i, im in enumerate(data):
+    for i, im in enumerate(iter_json_list(path)):
         where = f"[{i}]"
         image_id = get_field(im, _id_key(im, "image_id", "id"), int, path, where)
         url_parts = PurePosixPath(urlparse(get_field(im, "url", str, path, where)).path).parts
