@@ -19,7 +19,7 @@ A model declares, once:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Callable, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 import torch
 from torch import nn
@@ -105,12 +105,21 @@ class TrainBatch:
             size, xyxy in [0, 1]; None for weakly supervised models.
         image_index: (B,) dataset index of each item's image, so that a contrastive loss does
             not use another caption of the same image as a negative.
+        gather: under DDP with ``train.global_batch``, concatenates a tensor of every process
+            along dim 0 (the local part keeps its gradient; ``train.distributed.Gatherer``):
+            losses over all pairs of the batch apply it to their embeddings and ``image_index``
+            to use the global batch. None: one process (or local batches).
     """
 
     features: dict[str, torch.Tensor]
     tokens: list[list[str]]
     boxes: torch.Tensor | None = None
     image_index: torch.Tensor | None = None
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def gathered(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``tensors`` over the global batch (unchanged without ``gather``)."""
+        return tensors if self.gather is None else tuple(self.gather(t) for t in tensors)
 
 
 @dataclass

@@ -192,8 +192,11 @@ class DSVE(GroundingModel, SupportsRetrieval):
     # ------------------------------------------------------------ training
     def training_loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         """Triplet ranking loss of the batch (hardest negatives or, during warm-up, all of them)."""
-        sim = self.retrieval_similarity(batch.features, batch.tokens)  # (B, B)
-        loss = triplet_ranking_loss(sim, self.cfg.margin, batch.image_index, self.hardest_negatives)
+        texts, images = self.embed_texts(batch.tokens), self.embed_images(batch.features)  # (B, d) each
+        image_index = batch.image_index if batch.image_index is not None else torch.arange(len(images), device=images.device)
+        texts, images, image_index = batch.gathered(texts, images, image_index)  # DDP: the global batch
+        sim = texts @ images.t()  # (B, B)
+        loss = triplet_ranking_loss(sim, self.cfg.margin, image_index, self.hardest_negatives)
         return {"loss": loss, "positive_similarity": sim.diagonal().mean().detach()}
 
     # ------------------------------------------------------------ localization

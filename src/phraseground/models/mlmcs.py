@@ -280,10 +280,12 @@ class MLMCS(GroundingModel):
         with torch.autocast(self.word_mix.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
             v = self.encode_image(batch.features)
             words, sent, mask = self.encode_text(batch.tokens)
+            image_index = batch.image_index if batch.image_index is not None else torch.arange(len(v), device=v.device)
+            v, words, sent, mask, image_index = batch.gathered(v, words, sent, mask, image_index)  # DDP: the global batch
             r_w, r_s = self.pair_scores(words, sent, mask, v)
         r_w, r_s = r_w.float(), r_s.float()
-        loss_w = batch_softmax_loss(r_w, self.cfg.gamma2, batch.image_index)
-        loss_s = batch_softmax_loss(r_s, self.cfg.gamma2, batch.image_index)
+        loss_w = batch_softmax_loss(r_w, self.cfg.gamma2, image_index)
+        loss_s = batch_softmax_loss(r_s, self.cfg.gamma2, image_index)
         terms = self.cfg.loss_terms
         loss = loss_w + loss_s if terms == "both" else loss_w if terms == "words" else loss_s
         return {"loss": loss, "loss_words": loss_w.detach(), "loss_sentence": loss_s.detach()}

@@ -56,6 +56,9 @@ class TrainConfig:
     vocab_min_count: int = 1
     caption_sampling: Literal["all", "one"] = "all"  # weak supervision: every caption each epoch, or "one" per image
     feature_batch: int = 64
+    # under torchrun: contrastive losses over the global batch (all-gather of embeddings with gradient)
+    # so that results do not depend on the number of processes; false: each process its own batch
+    global_batch: bool = True
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "feature_batch", "vocab_min_count"):

@@ -33,6 +33,7 @@ from ..models.registry import create_model
 from .config import ExperimentConfig
 from .data import (FeatureSet, box_frame_of, ensure_synthetic, features_for, load_split, make_batch,
                    training_items)
+from .distributed import Gatherer
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +227,11 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
         for step in steps:
             start = step * per_step + rank * tc.batch_size
             batch = make_batch(train_set, items[start : start + tc.batch_size], device, model.tokenize)
+            gather = Gatherer() if world > 1 and tc.global_batch else None
+            batch.gather = gather
             out = ddp_model(batch)
             optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
+            (out["loss"] * gather.loss_scale() if gather is not None else out["loss"]).backward()
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             optimizer.step()
