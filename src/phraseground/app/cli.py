@@ -45,7 +45,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from ..data.index import prepare_dataset
 
     report = prepare_dataset(args.dataset, Path(args.root), Path(args.out), split=args.split,
-                             progress=not args.quiet, **_parse_options(args.option))
+                             progress=not args.quiet and sys.stderr.isatty(), **_parse_options(args.option))
     print(report.summary())
 
 
