@@ -201,7 +201,9 @@ def bench_sizes(args: argparse.Namespace) -> None:
     times the images of its training and evaluation sets."""
     import glob
 
-    from phraseground.features import FeatureExtractor, FeatureSpec
+    from dataclasses import replace
+
+    from phraseground.features import FeatureExtractor
     from phraseground.train.config import load_config
 
     per_backbone: dict = {}
@@ -210,7 +212,7 @@ def bench_sizes(args: argparse.Namespace) -> None:
             continue
         name = Path(path).stem
         cfg = load_config(path)
-        spec = FeatureSpec.from_config(cfg.model, {**cfg.model_args, "backbone_weights": "random"})
+        spec = replace(cfg.model_args.feature_spec(), weights="random")
         key = (spec.backbone, spec.taps, spec.grid)
         if key not in per_backbone:
             shapes = FeatureExtractor(spec).output_shapes()

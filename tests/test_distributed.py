@@ -17,7 +17,7 @@ from conftest import free_port
 VOCAB = ["a", "red", "blue", "star", "square", "left", "of", "the", "small", "big"]
 B = 3
 ARGS = {
-    "mlmcs": {"dim": 16, "grid": 4, "text_dim": 16},
+    "mlmcs": {"dim": 16, "grid": 4, "word_dim": 16},
     "dsve": {"maps": 16, "dim": 16, "word_dim": 16, "sru_layers": 1, "sru_dropout": 0.0, "localize_k": 4,
              "warmup_epochs": 0},
 }
