@@ -72,6 +72,8 @@ def weights_identity(spec: FeatureSpec, cache_dir: Path | None = None) -> dict[s
     mtime in ``cache_dir``), or the seed and torch version of random weights."""
     if spec.weights == "random":
         return {"random_seed": RANDOM_WEIGHTS_SEED, "torch": torch.__version__.split("+")[0]}
+    if spec.weights.startswith("state:"):  # a checkpoint's fine-tuned backbone
+        return {"state_sha256": spec.weights.split(":", 1)[1]}
     from .encoders.vision import resolve_weights
 
     path = resolve_weights(spec.backbone_spec, spec.weights).resolve()

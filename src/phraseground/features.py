@@ -49,7 +49,8 @@ class FeatureSpec:
 
     Attributes:
         backbone: a registered backbone name.
-        weights: "pretrained", a path to a weights file, or "random" (seeded, tests/benchmarks).
+        weights: "pretrained", a path to a weights file, "random" (seeded, tests/benchmarks), or
+            "state:<sha256>" for a checkpoint's fine-tuned backbone (``FeatureExtractor.for_checkpoint``).
         taps: the taps the model reads, in order.
         grid: every tap is bilinearly resized to (grid, grid) when given; None keeps the native size.
     """
@@ -77,8 +78,24 @@ def resize_to_grid(features: dict[str, torch.Tensor], grid: int | None) -> dict[
             for t, f in features.items()}
 
 
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names and tensor bytes (the identity of fine-tuned weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def build_backbone(spec: FeatureSpec) -> nn.Module:
     """The frozen tap extractor of ``spec`` (random weights drawn from a fixed seed)."""
+    if spec.weights.startswith("state:"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"backbone weights {spec.weights[:18]}... are a checkpoint's fine-tuned backbone: "
+                          "build the extractor with FeatureExtractor.for_checkpoint")
     if spec.weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
@@ -101,6 +118,26 @@ class FeatureExtractor(nn.Module):
         self.backbone = backbone if backbone is not None else build_backbone(spec)
         self.to(device)
 
+    @classmethod
+    def for_checkpoint(cls, model: nn.Module, ckpt: dict, device: torch.device | str = "cpu") -> "FeatureExtractor":
+        """The extractor a checkpoint's model reads: the fine-tuned backbone the checkpoint holds
+        (``"backbone"``, written by online training with ``train.finetune_backbone_from``), else
+        the model's declared backbone weights."""
+        from dataclasses import replace
+
+        spec = model.feature_needs
+        state = ckpt.get("backbone")
+        if state is None:
+            return cls(spec, device)
+        spec = replace(spec, weights=f"state:{state_sha256(state)}")
+        backbone = build_backbone(replace(spec, weights="random"))
+        backbone.load_state_dict(state)
+        return cls(spec, device, backbone)
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.backbone.parameters())
+
     @property
     def device(self) -> torch.device:
         p = next(self.backbone.parameters(), None)
@@ -111,15 +148,38 @@ class FeatureExtractor(nn.Module):
         return image_to_tensor(image, self.backbone_spec)
 
     def set_trainable(self, trainable: bool) -> None:
-        """Fine-tune (True: gradients, train-mode batch norm) or freeze (False: eval mode) the backbone."""
-        for p in self.backbone.parameters():
-            p.requires_grad_(trainable)
+        """Fine-tune (True: gradients, train-mode batch norm) or freeze (False: eval mode) the backbone.
+
+        Only the parameters the taps depend on are trained: layers past the deepest tap (a
+        classifier head) stay frozen, so DDP sees no parameter without a gradient.
+        """
+        used = self._tap_parameters() if trainable else set()
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad_(name in used)
         self.backbone.train(trainable)
+
+    def _tap_parameters(self) -> set[str]:
+        """Names of the backbone parameters the taps depend on (one forward/backward, cached)."""
+        if getattr(self, "_used", None) is None:
+            named = list(self.backbone.named_parameters())
+            was = self.backbone.training
+            flags = [p.requires_grad for _, p in named]
+            self.backbone.eval()
+            for _, p in named:
+                p.requires_grad_(True)
+            s = self.backbone_spec.input_size
+            with torch.enable_grad():
+                out = self.forward(torch.zeros(1, 3, s, s))
+                grads = torch.autograd.grad(sum(f.sum() for f in out.values()), [p for _, p in named], allow_unused=True)
+            for (_, p), flag in zip(named, flags):
+                p.requires_grad_(flag)
+            self.backbone.train(was)
+            self._used = {n for (n, _), g in zip(named, grads) if g is not None}
+        return self._used
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
         # a frozen backbone stays in eval mode (batch-norm statistics) whatever the caller's mode
-        trainable = any(p.requires_grad for p in self.backbone.parameters())
-        super().train(mode and trainable)
+        super().train(mode and self.trainable)
         return self
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -172,7 +172,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         model.to(device)
         data = DataConfig(root=str(args.data), format=fmt, feature_store=args.store or "", feature_rebuild=args.rebuild,
                           features="memory" if fmt == "photos" and not args.store else "store")  # photos: 9 images
-        fs = features_for(model, samples, data, args.split, device, progress=not args.quiet, quiet=args.quiet)
+        extractor = None
+        if args.baseline != "cam" and "backbone" in ckpt:  # a backbone fine-tuned online
+            from ..features import FeatureExtractor
+
+            extractor = FeatureExtractor.for_checkpoint(model, ckpt, device)
+        fs = features_for(model, samples, data, args.split, device, progress=not args.quiet, quiet=args.quiet,
+                          extractor=extractor)
         result = {"model": name, "checkpoint": args.checkpoint and str(args.checkpoint), "data": str(args.data),
                   "split": args.split, "box_frame": frame}
         if args.baseline:

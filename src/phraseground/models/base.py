@@ -109,6 +109,9 @@ class TrainBatch:
             along dim 0 (the local part keeps its gradient; ``train.distributed.Gatherer``):
             losses over all pairs of the batch apply it to their embeddings and ``image_index``
             to use the global batch. None: one process (or local batches).
+        images: (B, 3, S, S) preprocessed images in online mode (``data.features: online``):
+            the backbone in front of the model (``train.online.OnlineModel``) turns them into
+            ``features`` inside the training step. None when features come from the store.
     """
 
     features: dict[str, torch.Tensor]
@@ -116,6 +119,7 @@ class TrainBatch:
     boxes: torch.Tensor | None = None
     image_index: torch.Tensor | None = None
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+    images: torch.Tensor | None = None
 
     def gathered(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``tensors`` over the global batch (unchanged without ``gather``)."""

@@ -28,9 +28,9 @@ class DataConfig:
     max_image_pixels: int = 0  # refuse larger images (decompression bombs); 0: the process default (data/images.py)
     # frozen-backbone features: "store" (extracted once to a disk store, read by memory mapping),
     # "memory" (extracted into RAM at every run; small sets only) or "online" (see README)
-    features: str = "store"
+    features: Literal["store", "memory", "online"] = "store"
     feature_store: str = ""  # store root; empty: a folder "features" beside the data (<parent of root>/features)
-    feature_verify: str = "checksum"  # "checksum": sha256 of every shard when a store is opened; "size": sizes only
+    feature_verify: Literal["checksum", "size"] = "checksum"  # "checksum": sha256 of every shard when a store is opened; "size": sizes only
     feature_rebuild: bool = False  # re-extract corrupted or truncated shards instead of stopping
     feature_shard_mb: float = 1024  # shard size of a new store
     workers: int = -1  # DataLoader workers decoding images (-1: 0 on CPU, up to 8 with CUDA)
@@ -59,6 +59,8 @@ class TrainConfig:
     # under torchrun: contrastive losses over the global batch (all-gather of embeddings with gradient)
     # so that results do not depend on the number of processes; false: each process its own batch
     global_batch: bool = True
+    # data.features: online only: the epoch from which the backbone is fine-tuned (-1: always frozen)
+    finetune_backbone_from: int = -1
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "feature_batch", "vocab_min_count"):

@@ -12,7 +12,7 @@ from ..data.types import ImageSample
 from ..encoders.text import tokenize
 from ..eval.metrics import union_box
 from ..errors import ConfigError
-from ..features import FeatureSpec, build_backbone, extract_features
+from ..features import FeatureExtractor, FeatureSpec, build_backbone, extract_features
 from ..io import write_text
 from ..models.base import GroundingModel, TrainBatch
 from .config import DataConfig
@@ -89,13 +89,18 @@ def store_root(data: DataConfig) -> Path:
 
 def features_for(model: GroundingModel | FeatureSpec, samples: list[ImageSample], data: DataConfig, label: str = "",
                  device: torch.device | str = "cpu", batch_size: int = 64, progress: bool = False,
-                 quiet: bool = False):
+                 quiet: bool = False, extractor: FeatureExtractor | None = None):
     """The features object of ``samples`` for ``model`` (or its ``FeatureSpec``): the disk store
     of ``data.features: store`` (reused, resumed or extracted; see ``feature_store``), or
-    features in RAM for ``memory``."""
-    spec = model if isinstance(model, FeatureSpec) else model.feature_needs
+    features in RAM for ``memory``.
+
+    Args:
+        extractor: the backbone to use instead of the declared one (a checkpoint's fine-tuned
+            backbone, ``FeatureExtractor.for_checkpoint``); its spec names the store.
+    """
+    spec = extractor.spec if extractor is not None else model if isinstance(model, FeatureSpec) else model.feature_needs
     if data.features == "memory":
-        feats = extract_features(build_backbone(spec), spec.backbone_spec, [s.image_path for s in samples], grid=spec.grid,
+        feats = extract_features(extractor.backbone if extractor is not None else build_backbone(spec), spec.backbone_spec, [s.image_path for s in samples], grid=spec.grid,
                                  batch_size=batch_size, device=device, progress=progress,
                                  sizes=[(s.width, s.height) for s in samples])
         return FeatureSet(samples, feats)
@@ -107,7 +112,7 @@ def features_for(model: GroundingModel | FeatureSpec, samples: list[ImageSample]
                       sizes=[(s.width, s.height) for s in samples],
                       label=label, device=device, batch_size=batch_size, workers=None if data.workers < 0 else data.workers,
                       shard_mb=data.feature_shard_mb, verify=data.feature_verify, rebuild=data.feature_rebuild,
-                      quiet=quiet, progress=progress)
+                      quiet=quiet, progress=progress, extractor=extractor)
 
 
 def union_box_fraction(sample: ImageSample, boxes: tuple) -> list[float]:
@@ -140,9 +145,10 @@ def training_items(samples: list[ImageSample], supervision: str, caption_samplin
 
 
 def make_batch(fs: FeatureSet, items: list[tuple[int, int, int]], device: torch.device | str = "cpu",
-               tokenize: Callable[[str], list[str]] = tokenize) -> TrainBatch:
+               tokenize: Callable[[str], list[str]] = tokenize, with_features: bool = True) -> TrainBatch:
     """Batch of items: captions (weak) or phrases with their union target box (full), tokenised
-    by ``tokenize`` (the training loop passes the model's)."""
+    by ``tokenize`` (the training loop passes the model's); ``with_features=False`` leaves the
+    features to the step (online mode)."""
     images = [i for i, _, _ in items]
     tokens, boxes = [], []
     for i, c, p in items:
@@ -154,7 +160,7 @@ def make_batch(fs: FeatureSet, items: list[tuple[int, int, int]], device: torch.
             tokens.append(tokenize(ph.text))
             boxes.append(union_box_fraction(fs.samples[i], ph.boxes))
     return TrainBatch(
-        features=fs.select(images, device),
+        features=fs.select(images, device) if with_features else {},
         tokens=tokens,
         boxes=torch.tensor(boxes, dtype=torch.float32, device=device) if boxes else None,
         image_index=torch.tensor(images, device=device),

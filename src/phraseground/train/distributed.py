@@ -49,3 +49,17 @@ class Gatherer:
     def loss_scale(self) -> float:
         """Factor of the loss before backward: the world size when the loss was global."""
         return float(self.world) if self.used else 1.0
+
+
+def wrap_ddp(net: torch.nn.Module, world: int, current: torch.nn.Module | None,
+             signature: tuple | None) -> tuple[torch.nn.Module, tuple]:
+    """The DDP wrapper of ``net`` for the current trainable set: rebuilt whenever a staged
+    schedule changed which parameters require gradients (DDP registers them at construction;
+    a parameter unfrozen later would otherwise train on each process's local gradient only,
+    and one frozen later would make DDP wait for a gradient that never comes)."""
+    now = tuple(p.requires_grad for p in net.parameters())
+    if world == 1:
+        return net, now
+    if current is None or now != signature:
+        return torch.nn.parallel.DistributedDataParallel(net), now
+    return current, now

@@ -26,14 +26,15 @@ import yaml
 
 from ..device import resolve_device
 from ..encoders.text import Vocab, tokenize
-from ..errors import PhrasegroundError
+from ..errors import ConfigError, PhrasegroundError
 from ..io import write_text
 from ..models.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from ..models.registry import create_model
 from .config import ExperimentConfig
 from .data import (FeatureSet, box_frame_of, ensure_synthetic, features_for, load_split, make_batch,
                    training_items)
-from .distributed import Gatherer
+from .distributed import Gatherer, wrap_ddp
+from .online import OnlineModel
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,21 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
         (tokenize(c.text) for s in train_samples for c in s.captions), tc.vocab_min_count).itos
     torch.manual_seed(tc.seed)
     model = create_model(cfg.model, vocab=vocab, config=cfg.model_args).to(device)
+    online = cfg.data.features == "online"
+    extractor = None
+    if online:  # the backbone runs in the training step (and can be fine-tuned)
+        from ..features import FeatureExtractor
+        from .online import OnlineImages
+
+        extractor = FeatureExtractor(model.feature_needs, device)
+        extractor.set_trainable(tc.finetune_backbone_from >= 0)  # the optimizer holds its parameters
+        workers = cfg.data.workers if cfg.data.workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
+        if train_set is None:
+            train_set = OnlineImages(train_samples, extractor, workers)
+        if val_set is None and rank == 0 and cfg.data.val_split:
+            val_set = OnlineImages(load_split(cfg.data, cfg.data.val_split)[: tc.val_max_images], extractor)
+    elif tc.finetune_backbone_from >= 0:
+        raise ConfigError("train.finetune_backbone_from needs data.features: online (cached features cannot fine-tune)")
     if train_set is None:
         def train_features(quiet: bool):
             return features_for(model, train_samples, cfg.data, cfg.data.train_split, device, tc.feature_batch,
@@ -176,7 +192,8 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
                                False, not progress)
         val_set.samples = val_samples[: tc.val_max_images]  # validation reads the first images only
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    net = OnlineModel(model, extractor) if online else model  # what DDP wraps
+    params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=tc.lr_milestones, gamma=tc.lr_gamma)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "train_seconds": 0.0}
@@ -186,13 +203,13 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
         scheduler.load_state_dict(ckpt["scheduler"])
         state.update(ckpt["progress"])
         set_rng_state(ckpt["rng"])
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        if extractor is not None and "backbone" in ckpt:
+            extractor.backbone.load_state_dict(ckpt["backbone"])
+    ddp_model, trainable_set = None, None  # (re)built at every epoch start: staged schedules change requires_grad
 
     per_step = tc.batch_size * world
     steps_per_epoch = len(_epoch_items(train_set.samples, model.supervision, tc, 0)) // per_step
     if steps_per_epoch == 0:
-        from ..errors import ConfigError
-
         raise ConfigError(f"the training split has fewer items than one batch of {per_step}")
     config_dict = cfg.to_dict()
     log_path = out_dir / "log.jsonl"
@@ -206,7 +223,9 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
         save_checkpoint({
             **model_payload(model, config_dict, vocab),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "progress": dict(state),
-            "rng": rng_state(), **(extra or {}),
+            "rng": rng_state(),
+            **({"backbone": extractor.backbone.state_dict()} if extractor is not None and tc.finetune_backbone_from >= 0 else {}),
+            **(extra or {}),
         }, path)
 
     last_report: dict | None = None
@@ -216,7 +235,15 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
         epoch = state["epoch"]
         items = _epoch_items(train_set.samples, model.supervision, tc, epoch)
         model.on_epoch_start(epoch)
-        model.train()
+        if extractor is not None and tc.finetune_backbone_from >= 0:
+            extractor.set_trainable(epoch >= tc.finetune_backbone_from)
+        net.train()
+        ddp_model, trainable_set = wrap_ddp(net, world, ddp_model, trainable_set)
+        images = None
+        if online:  # this process's images of every remaining step, decoded ahead by DataLoader workers
+            images = train_set.loader([[i for i, _, _ in items[s * per_step + rank * tc.batch_size:
+                                                                 s * per_step + (rank + 1) * tc.batch_size]]
+                                       for s in range(state["step_in_epoch"], steps_per_epoch)])
         t0 = time.time()
         steps = range(state["step_in_epoch"], steps_per_epoch)
         if progress and rank == 0:
@@ -226,7 +253,10 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
                          initial=state["step_in_epoch"])
         for step in steps:
             start = step * per_step + rank * tc.batch_size
-            batch = make_batch(train_set, items[start : start + tc.batch_size], device, model.tokenize)
+            batch = make_batch(train_set, items[start : start + tc.batch_size], device, model.tokenize,
+                               with_features=not online)
+            if images is not None:
+                batch.images = next(images).to(device, non_blocking=True)
             gather = Gatherer() if world > 1 and tc.global_batch else None
             batch.gather = gather
             out = ddp_model(batch)
@@ -275,4 +305,4 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
         checkpoint(out_dir / "best.pt")
     return {"steps": state["global_step"], "epochs": state["epoch"], "train_seconds": state["train_seconds"],
             "last_val": last_report, "best_val": best_report, "best_score": state["best_score"],
-            "model": model, "vocab": vocab}
+            "model": model, "vocab": vocab, "extractor": extractor}
