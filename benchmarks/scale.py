@@ -262,13 +262,27 @@ def _write_vg(root: Path, gb: float) -> tuple[int, int]:
 
 _VG_CHILD = """
 import resource, sys, time
-from phraseground.data.visual_genome import iter_visual_genome
+
+def status():
+    out = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+from phraseground.data.visual_genome import iter_visual_genome  # imports the package (and torch)
+base = status()
 t = time.time()
 n = regions = 0
+peak_anon = base["RssAnon"]
 for s in iter_visual_genome(sys.argv[1], require_images=False):
     n += 1
     regions += sum(len(p.boxes) for c in s.captions for p in c.phrases)
-print(n, regions, time.time() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    if n % 2000 == 0:
+        peak_anon = max(peak_anon, status()["RssAnon"])
+end = status()
+print(n, regions, time.time() - t, base["VmRSS"], base["RssAnon"], end["VmHWM"], max(peak_anon, end["RssAnon"]))
 """
 
 
@@ -281,11 +295,13 @@ def bench_vg(args: argparse.Namespace) -> None:
         size = (root / "region_descriptions.json").stat().st_size
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run([sys.executable, "-c", _VG_CHILD, str(root)], capture_output=True, text=True, env=env, check=True)
-    n, regions, seconds, maxrss_kb = out.stdout.split()
+    n, regions, seconds, rss0, anon0, peak_rss, peak_anon = out.stdout.split()
+    mb = lambda kb: round(int(kb) / 1024, 1)  # noqa: E731
     emit({"figure": "vg_streaming_peak_rss", "file_gb": round(size / 1e9, 3), "images": int(n), "boxes": int(regions),
           "seconds": round(float(seconds), 1), "mb_per_s": round(size / 1e6 / float(seconds), 1),
-          "peak_rss_mb": round(int(maxrss_kb) / 1024, 1), "consumer": "iterate and count (samples not kept)",
-          **conditions()})
+          "rss_after_imports_mb": mb(rss0), "peak_rss_mb": mb(peak_rss), "rss_added_by_reading_mb": mb(int(peak_rss) - int(rss0)),
+          "anon_after_imports_mb": mb(anon0), "peak_anon_mb": mb(peak_anon),
+          "consumer": "iterate and count (samples not kept)", **conditions()})
 
 
 def main() -> None:
