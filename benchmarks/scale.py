@@ -176,7 +176,7 @@ def bench_online(args: argparse.Namespace) -> None:
     seconds = {}
     for mode in ("store", "online"):
         cfg = load_config(None, ["model=mlmcs", f"data.root={data}", f"data.features={mode}", "train.epochs=1",
-                                 f"data.feature_store={work / 'store'}", "data.val_split=", "train.checkpoint_every=0"])
+                                 f"data.feature_store={work / 'store'}", "data.val_split=''", "train.checkpoint_every=0"])
         summary = train(cfg, work / f"run-{mode}", progress=False)  # the store is extracted before the epoch's clock
         seconds[mode] = summary["train_seconds"]
     emit({"figure": "online_vs_cached_epoch", "model": "mlmcs (synthetic default)", "train_images": int(n * 0.8),
