@@ -138,3 +138,33 @@ def test_export_command_portable_and_backbone_weights_override(tiny_bench, tmp_p
     with pytest.raises(PhrasegroundError, match="not found"):
         Grounder.from_pretrained(tmp_path / "exp", device="cpu", backbone_weights=str(tmp_path / "nope.safetensors"))
     capsys.readouterr()
+
+
+def test_fine_tuned_backbone_of_a_checkpoint_is_used(tiny_run, tiny_bench, tmp_path):
+    """A checkpoint of online fine-tuning holds its backbone ("backbone"): the Grounder grounds
+    with those weights, as evaluate does (FeatureExtractor.for_checkpoint), not the declared ones."""
+    import torch
+
+    from phraseground.features import FeatureExtractor
+    from phraseground.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+
+    run, _ = tiny_run
+    ckpt = load_checkpoint(run / "best.pt")
+    plain = Grounder.from_checkpoint(run / "best.pt", device="cpu")
+    tuned_state = {k: (v * 0.5 if v.is_floating_point() else v) for k, v in plain.backbone.state_dict().items()}
+    path = tmp_path / "tuned.pt"
+    save_checkpoint({k: v for k, v in ckpt.items() if k != "format"} | {"backbone": tuned_state}, path)
+
+    tuned = Grounder.from_checkpoint(path, device="cpu")
+    for k, v in tuned.backbone.state_dict().items():
+        assert torch.equal(v, tuned_state[k]), k
+    model, loaded = model_from_checkpoint(path)
+    reference = FeatureExtractor.for_checkpoint(model, loaded, "cpu")
+    for k, v in reference.backbone.state_dict().items():
+        assert torch.equal(tuned.backbone.state_dict()[k], v), k
+    image = _images(tiny_bench, 1)[0]
+    a = plain(image, ["a red star"], heatmap=True)["predictions"][0]["heatmap"]
+    b = tuned(image, ["a red star"], heatmap=True)["predictions"][0]["heatmap"]
+    assert not np.allclose(np.asarray(a), np.asarray(b))
+    with pytest.raises(PhrasegroundError, match="fine-tuned backbone"):
+        Grounder.from_checkpoint(path, device="cpu", backbone_weights="random")

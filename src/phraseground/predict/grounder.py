@@ -71,20 +71,30 @@ class Grounder:
             with (its weights id, resolved from the package or the caches), or a local file.
         batch_size: images per backbone pass.
         top_k: candidate boxes per phrase in ``boxes``.
+        backbone_state: a fine-tuned backbone's weights (a checkpoint's ``"backbone"``, written
+            by online training); they replace the declared weights.
     """
 
     score_doc = SCORE_DOC
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "auto", backbone_weights: str | None = None,
-                 batch_size: int = 8, top_k: int = 3, source: str | None = None) -> None:
+                 batch_size: int = 8, top_k: int = 3, source: str | None = None,
+                 backbone_state: dict[str, torch.Tensor] | None = None) -> None:
         if batch_size < 1 or top_k < 1:
             raise PhrasegroundError("batch_size and top_k must be >= 1")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         needs = model.feature_needs
         self.spec = get_backbone_spec(needs.backbone)
+        if backbone_state is not None and backbone_weights is not None:
+            raise PhrasegroundError("this checkpoint holds its own fine-tuned backbone: backbone_weights cannot replace it")
         weights = backbone_weights if backbone_weights is not None else needs.weights
-        self.backbone = create_backbone(needs.backbone, weights, list(needs.taps)).to(self.device)
+        if backbone_state is not None:
+            weights = "random"  # every weight comes from the checkpoint's fine-tuned backbone
+        self.backbone = create_backbone(needs.backbone, weights, list(needs.taps))
+        if backbone_state is not None:
+            self.backbone.load_state_dict(backbone_state)
+        self.backbone.to(self.device)
         self.levels = list(needs.taps)
         self.batch_size = batch_size
         self.top_k = top_k
@@ -101,8 +111,8 @@ class Grounder:
         """From a training checkpoint (``best.pt``/``last.pt``): the file alone rebuilds the model."""
         from ..models.checkpoint import model_from_checkpoint
 
-        model, _ = model_from_checkpoint(Path(path))
-        return cls(model, device, backbone_weights, source=str(path), **kwargs)
+        model, ckpt = model_from_checkpoint(Path(path))
+        return cls(model, device, backbone_weights, source=str(path), backbone_state=ckpt.get("backbone"), **kwargs)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "auto",
