@@ -272,7 +272,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
                                          "train_seconds": round(state["train_seconds"] + time.time() - t0, 2),
                                          **{k: round(float(v.detach()), 5) for k, v in out.items()}})
                 if progress and hasattr(steps, "set_postfix"):
-                    steps.set_postfix(loss=f"{float(out['loss']):.3f}")
+                    steps.set_postfix(loss=f"{float(out['loss'].detach()):.3f}")
             if tc.max_steps and state["global_step"] >= tc.max_steps:
                 stopped = True
                 break
