@@ -72,7 +72,7 @@ def run_variant(model: str, variant: str, seed: int, images: int, epochs: int | 
 
     from phraseground.eval.baselines import evaluate_baseline
     from phraseground.eval.grounding import evaluate_grounding
-    from phraseground.train.checkpoint import model_from_checkpoint
+    from phraseground.models.checkpoint import model_from_checkpoint
     from phraseground.train.config import default_config
     from phraseground.train.data import box_frame_of, build_feature_set, ensure_synthetic, load_split
     from phraseground.train.loop import train

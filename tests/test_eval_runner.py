@@ -13,7 +13,7 @@ from phraseground.eval.locate import locate
 from phraseground.eval.pointing import PointingGame
 from phraseground.eval.predictions import PredictionsWriter, read_predictions, score_predictions
 from phraseground.eval.runner import caption_batches, resize_batch, run_grounding
-from phraseground.train.checkpoint import model_from_checkpoint
+from phraseground.models.checkpoint import model_from_checkpoint
 from phraseground.data.flickr30k import read_flickr30k
 from phraseground.train.data import build_feature_set
 

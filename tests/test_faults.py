@@ -49,7 +49,7 @@ def _complete(files: list[Path]) -> None:
         elif p.suffix == ".png":
             Image.open(p).load()
         elif p.suffix == ".pt":
-            from phraseground.train.checkpoint import load_checkpoint
+            from phraseground.models.checkpoint import load_checkpoint
 
             load_checkpoint(p)
 
@@ -127,7 +127,7 @@ def test_full_disk_ground_is_one_line_and_leaves_only_whole_files(tiny_run, tiny
 
 def test_full_disk_checkpoint_keeps_the_previous_one(tiny_run, tmp_path):
     from phraseground.errors import OutputError
-    from phraseground.train.checkpoint import load_checkpoint, save_checkpoint
+    from phraseground.models.checkpoint import load_checkpoint, save_checkpoint
 
     run, _ = tiny_run
     target = tmp_path / "last.pt"
@@ -155,7 +155,7 @@ def test_full_disk_evaluate_json_keeps_the_previous_report(tiny_bench, tmp_path,
 # ------------------------------------------------------------------------- kill -9
 _WRITER = """
 import sys, torch
-from phraseground.train.checkpoint import save_checkpoint
+from phraseground.models.checkpoint import save_checkpoint
 path = sys.argv[1]
 k = 0
 while True:
@@ -166,7 +166,7 @@ while True:
 
 @pytest.mark.slow
 def test_kill_9_while_writing_checkpoints_leaves_a_whole_one(tmp_path):
-    from phraseground.train.checkpoint import load_checkpoint, save_checkpoint
+    from phraseground.models.checkpoint import load_checkpoint, save_checkpoint
 
     import torch
 

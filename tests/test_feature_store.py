@@ -168,7 +168,7 @@ def test_features_command_then_train_reuses_the_store(tiny_bench, tmp_path):
 
     store = tmp_path / "store"
     sets = [a for o in tiny_overrides(tiny_bench) for a in ("--set", o)]
-    done = subprocess.run([sys.executable, "-m", "phraseground.cli", "features", *sets, "--device", "auto",
+    done = subprocess.run([sys.executable, "-m", "phraseground.app.cli", "features", *sets, "--device", "auto",
                            "--out", str(store)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]

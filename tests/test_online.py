@@ -11,7 +11,7 @@ import torch
 
 from conftest import free_port, tiny_overrides
 from phraseground.features import FeatureSpec, build_backbone
-from phraseground.train.checkpoint import load_checkpoint
+from phraseground.models.checkpoint import load_checkpoint
 from phraseground.train.config import load_config
 from phraseground.train.loop import train
 
