@@ -168,3 +168,6 @@ def test_fine_tuned_backbone_of_a_checkpoint_is_used(tiny_run, tiny_bench, tmp_p
     assert not np.allclose(np.asarray(a), np.asarray(b))
     with pytest.raises(PhrasegroundError, match="fine-tuned backbone"):
         Grounder.from_checkpoint(path, device="cpu", backbone_weights="random")
+    with pytest.raises(CheckpointError, match="fine-tuned backbone"):  # not silently dropped
+        export_checkpoint(path, tmp_path / "export")
+    assert not (tmp_path / "export" / "config.json").exists()

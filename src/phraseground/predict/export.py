@@ -55,6 +55,9 @@ def export_checkpoint(checkpoint: Path, out_dir: Path) -> dict[str, Any]:
     from ..models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(Path(checkpoint))
+    if ckpt.get("backbone") is not None:  # dropping it would ground with the declared weights
+        raise CheckpointError(f"{checkpoint}: holds a fine-tuned backbone (online training), which export does not "
+                              "carry yet: ground from the checkpoint itself")
     args = dict(ckpt["config"]["model_args"])
     model_name = ckpt["model"]
     from ..models.registry import build_config
