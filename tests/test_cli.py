@@ -113,6 +113,21 @@ def test_evaluate_checkpoint_json(tiny_run, tiny_bench, tmp_path, capsys):
     assert 0 <= g["box"]["accuracy"] <= 1 and 0 <= g["attention_correctness"]["attention_correctness"] <= 1
 
 
+@pytest.mark.parametrize("model", ["mlmcs", "dsve"])
+def test_evaluate_task_all_measures_what_the_model_supports(model, model_checkpoints, tiny_bench, tmp_path, capsys):
+    """--task all: grounding for every model, retrieval only for those with a joint embedding
+    (mlmcs has none: 'all' must not fail on it), while --task retrieval on mlmcs is an error."""
+    args = ["--checkpoint", str(model_checkpoints[model]), "--data", str(tiny_bench), "--split", "test", "--quiet"]
+    code, _, err = _run(capsys, "evaluate", *args, "--task", "all", "--json", str(tmp_path / "e.json"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["grounding"]["pointing"]["n_evaluated"] > 0
+    assert ("retrieval" in report) == (model == "dsve")
+    if model == "mlmcs":
+        code, _, err = _run(capsys, "evaluate", *args, "--task", "retrieval")
+        assert code == 2 and "cannot rank" in err
+
+
 def test_evaluate_predictions_out_then_in(tiny_run, tiny_bench, tmp_path, capsys):
     run, _ = tiny_run
     preds = tmp_path / "p.jsonl"

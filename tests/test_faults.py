@@ -204,10 +204,10 @@ def test_kill_9_during_evaluation_keeps_the_previous_report(tiny_run, tiny_bench
         finished = proc.poll() is not None
         proc.kill()
         proc.wait()
-        text = report.read_text()
+        report_now = json.loads(report.read_text())  # whole: the previous report or the complete new one
         if finished:
-            assert "grounding" in json.loads(text)
-            report.write_text('{"previous": true}\n')
-        else:
-            assert json.loads(text) == {"previous": True}
+            assert "grounding" in report_now
+        else:  # killed before, during or just after the write (the process may still be exiting)
+            assert report_now == {"previous": True} or "grounding" in report_now
+        report.write_text('{"previous": true}\n')
         assert _files(tmp_path) == [report]

@@ -207,7 +207,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 evaluation_report(Path(args.report), collected, fs.samples, result["grounding"], ckpt["model"],
                                   Path(args.checkpoint), seed=args.seed, box_frame=frame)
                 print(f"report: {Path(args.report) / 'report.html'}, {Path(args.report) / 'report.md'}")
-        if args.task in ("retrieval", "all"):
+        from ..models.base import supports_retrieval
+
+        if args.task == "retrieval" or (args.task == "all" and supports_retrieval(model)):
             from ..eval.retrieval_run import evaluate_retrieval
 
             n = len(fs.samples)
@@ -470,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--predictions", metavar="FILE",
                    help="score this predictions file (what --predictions-out writes, or any system's) instead of a model")
     s.add_argument("--task", default="grounding", choices=["grounding", "retrieval", "all"],
-                   help="what to measure (retrieval: models with a joint embedding)")
+                   help="what to measure (retrieval: models with a joint embedding; all: grounding, and "
+                        "retrieval when the model has one)")
     s.add_argument("--fold-size", type=int, default=1000, help="images per fold for the 1k-fold retrieval average")
     s.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     s.add_argument("--store", default=None, metavar="DIR",
