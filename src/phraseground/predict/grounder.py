@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, Union
 
@@ -21,9 +21,8 @@ from PIL import Image
 
 from ..data.images import load_image
 from ..device import resolve_device
-from ..encoders.vision import create_backbone, get_backbone_spec
 from ..errors import PhrasegroundError
-from ..features import images_to_tensor, resize_to_grid
+from ..features import FeatureExtractor
 from . import locate_candidates, parse_bracketed
 from .records import SCORE_DOC, image_record, phrase_record
 
@@ -85,16 +84,13 @@ class Grounder:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         needs = model.feature_needs
-        self.spec = get_backbone_spec(needs.backbone)
-        if backbone_state is not None and backbone_weights is not None:
-            raise PhrasegroundError("this checkpoint holds its own fine-tuned backbone: backbone_weights cannot replace it")
-        weights = backbone_weights if backbone_weights is not None else needs.weights
         if backbone_state is not None:
-            weights = "random"  # every weight comes from the checkpoint's fine-tuned backbone
-        self.backbone = create_backbone(needs.backbone, weights, list(needs.taps))
-        if backbone_state is not None:
-            self.backbone.load_state_dict(backbone_state)
-        self.backbone.to(self.device)
+            if backbone_weights is not None:
+                raise PhrasegroundError("this checkpoint holds its own fine-tuned backbone: backbone_weights cannot replace it")
+            self.extractor = FeatureExtractor.for_checkpoint(model, {"backbone": backbone_state}, self.device)
+        else:  # the same extractor as training and evaluate (preprocessing, grid resize, seeded random weights)
+            spec = needs if backbone_weights is None else replace(needs, weights=backbone_weights)
+            self.extractor = FeatureExtractor(spec, self.device)
         self.levels = list(needs.taps)
         self.batch_size = batch_size
         self.top_k = top_k
@@ -132,6 +128,11 @@ class Grounder:
         if model_class(name).supervision != "none":  # an unknown name is a ConfigError listing the known ones
             raise PhrasegroundError(f"model {name!r} must be trained first: give its checkpoint")
         return cls(create_model(name, **(model_args or {})), device, backbone_weights, source=f"model:{name}", **kwargs)
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The backbone the grounder runs (the extractor's)."""
+        return self.extractor.backbone
 
     @property
     def model_name(self) -> str:
@@ -184,8 +185,7 @@ class Grounder:
     # running ------------------------------------------------------------------------------
     def _features(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """One backbone pass -> tap -> (B, C, h, w), resized to the model's grid when it has one."""
-        return resize_to_grid(self.backbone(images_to_tensor(images, self.spec).to(self.device)),
-                              self.model.feature_needs.grid)
+        return self.extractor.extract(images)
 
     @torch.no_grad()
     def run_prepared(self, batch: list[_Prepared], heatmap: bool = False) -> list[dict[str, Any]]:
