@@ -9,7 +9,9 @@ backbone's features, the default batch size), then
 
 * the step's arithmetic, forward + backward, counted by ``torch.utils.flop_counter.FlopCounterMode``
   (matrix products and convolutions — what it counts; element-wise work is not counted) of the
-  formulation the model ships;
+  formulation the model ships, plus the products inside oneDNN's fused RNN layer (the CPU LSTM
+  of padded batches), which the counter does not know: 2·B·T·(4H·E + 4H·H) forward, twice that
+  backward, padded positions included because they are computed;
 * the step time (forward, backward, optimizer step): warm, median over ``--repeats`` batches;
 * the achieved GFLOP/s and the ratio ``step time / (FLOPs / matrix-product GFLOP/s)``: how many
   times slower the step runs than the same FLOPs would take as one large matrix product in the
@@ -44,6 +46,22 @@ from phraseground.train.config import load_config  # noqa: E402
 from phraseground.encoders.text import tokenize  # noqa: E402
 from phraseground.train.data import build_feature_set, ensure_synthetic, load_split, make_batch  # noqa: E402
 from phraseground.train.loop import _epoch_items  # noqa: E402
+
+
+def _rnn_layer_flops(input_shape, w_ih_shape, w_hh_shape, *args, **kwargs) -> int:
+    """Forward products of one direction of a fused RNN layer: the input and recurrent
+    projections at every (padded) position."""
+    positions = input_shape[0] * input_shape[1]
+    return 2 * positions * (w_ih_shape[0] * w_ih_shape[1] + w_hh_shape[0] * w_hh_shape[1])
+
+
+def _rnn_layer_backward_flops(input_shape, w_ih_shape, w_hh_shape, *args, **kwargs) -> int:
+    """Backward of one direction: the input and hidden gradients and both weight gradients."""
+    return 2 * _rnn_layer_flops(input_shape, w_ih_shape, w_hh_shape)
+
+
+RNN_FLOPS = {torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flops,
+             torch.ops.aten.mkldnn_rnn_layer_backward: _rnn_layer_backward_flops}
 
 
 class MatmulProbe:
@@ -103,7 +121,7 @@ def bench_model(name: str, overrides: list[str], data_root: Path, repeats: int, 
 
     flops = []  # forward + backward (the optimizer step is not counted)
     for batch in batches:
-        with FlopCounterMode(display=False) as fc:
+        with FlopCounterMode(display=False, custom_mapping=RNN_FLOPS) as fc:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
                 out = model(batch)
             out["loss"].backward()

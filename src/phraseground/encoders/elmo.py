@@ -281,7 +281,7 @@ class ElmoEncoder(TextEncoder):
         opts["filters"] = tuple((int(w), int(n)) for w, n in opts["filters"])
         return cls(ElmoOptions(**opts), requires_grad=requires_grad)
 
-    def forward(self, tokens: list[list[str]]) -> TextFeatures:
+    def forward(self, tokens: list[list[str]], word_layers: list[int] | None = None) -> TextFeatures:
         device = self.char_cnn.embedding.device
         o = self.options
         ids = batch_char_ids(tokens, o.max_chars).to(device)  # (B, T + 2, C)
@@ -298,7 +298,8 @@ class ElmoEncoder(TextEncoder):
             layers.append(torch.cat([h_f, h_b], dim=-1))
             x_f, x_b = h_f, h_b
         mask = lengths_mask(n_words, L - 2)  # (B, T)
-        words = torch.stack(layers, dim=1)[:, :, 1:-1] * mask[:, None, :, None]  # (B, K, T, 2P)
+        chosen = layers if word_layers is None else [layers[k] for k in word_layers]
+        words = torch.stack(chosen, dim=1)[:, :, 1:-1] * mask[:, None, :, None]  # (B, K', T, 2P)
         P = o.projection_dim
         last = n_words.clamp(min=1)  # position of the last word in the <S>-prefixed sequence
         has_words = (n_words > 0)[:, None]  # (B, 1)

@@ -21,7 +21,6 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 PAD, UNK = "<pad>", "<unk>"
 
@@ -150,7 +149,9 @@ class TextEncoder(nn.Module):
     sentence_dim: int
     num_sentence_vectors: int
 
-    def forward(self, tokens: list[list[str]]) -> TextFeatures:  # pragma: no cover - interface
+    def forward(self, tokens: list[list[str]], word_layers: list[int] | None = None) -> TextFeatures:  # pragma: no cover
+        """Features of B texts; ``words`` holds the layers ``word_layers`` in that order (default:
+        all K), so an encoder may skip computing layers nobody asked for."""
         raise NotImplementedError
 
     def unknown_words(self, words: list[str]) -> list[str]:
@@ -173,16 +174,18 @@ class LearnedTextEncoder(TextEncoder):
     Layers returned per word: layer 0 = the word's own embedding (context free); layer 1 =
     the BiLSTM output (concatenated directions projected back to E) when ``lstm`` is on.
     Sentence vectors: the last forward and the first backward BiLSTM state (J = 2); without
-    the LSTM, the mean of the word embeddings (J = 1).
+    the LSTM, the mean of the word embeddings (J = 1). With ``context_words`` off (a model that
+    uses only layer 0) the output projection is not built and layer 1 cannot be asked for.
     """
 
-    def __init__(self, vocab: Vocab, dim: int = 256, lstm: bool = True, lstm_hidden: int | None = None) -> None:
+    def __init__(self, vocab: Vocab, dim: int = 256, lstm: bool = True, lstm_hidden: int | None = None,
+                 context_words: bool = True) -> None:
         super().__init__()
         self.vocab = vocab
         self.embedding = nn.Embedding(len(vocab), dim, padding_idx=0)
         hidden = lstm_hidden or dim
         self.lstm = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True) if lstm else None
-        self.lstm_proj = nn.Linear(2 * hidden, dim) if lstm else None
+        self.lstm_proj = nn.Linear(2 * hidden, dim) if lstm and context_words else None
         self.num_layers = 2 if lstm else 1
         self.word_dim = dim
         self.sentence_dim = hidden if lstm else dim
@@ -194,7 +197,7 @@ class LearnedTextEncoder(TextEncoder):
     def vocabulary(self) -> list[str] | None:
         return list(self.vocab.itos)
 
-    def forward(self, tokens: list[list[str]]) -> TextFeatures:
+    def forward(self, tokens: list[list[str]], word_layers: list[int] | None = None) -> TextFeatures:
         device = self.embedding.weight.device
         ids, lengths = self.vocab.encode(tokens, device)
         mask = lengths_mask(lengths.to(device), ids.shape[1])
@@ -202,11 +205,55 @@ class LearnedTextEncoder(TextEncoder):
         if self.lstm is None:
             m = mask.unsqueeze(-1).float()
             sent = (emb * m).sum(1) / m.sum(1).clamp(min=1)  # (B, E)
-            return TextFeatures(emb.unsqueeze(1), sent.unsqueeze(1), mask)
-        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, (h_n, _) = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])  # (B, T, 2H)
-        ctx = self.lstm_proj(out)  # (B, T, E)
-        words = torch.stack([emb, ctx], dim=1)  # (B, 2, T, E)
+            return TextFeatures(emb.unsqueeze(1), sent.unsqueeze(1), mask)  # one layer: the embedding
+        layers = list(range(self.num_layers)) if word_layers is None else list(word_layers)
+        context = 1 in layers  # the BiLSTM outputs are formed only when asked for
+        if context and self.lstm_proj is None:
+            raise ValueError("word layer 1 (the BiLSTM outputs) asked of an encoder built without context_words")
+        out, h_n = bidirectional_lstm(self.lstm, emb, lengths, outputs=context)  # (B, T, 2H) or None, (2, B, H)
+        per_layer = {0: emb, 1: self.lstm_proj(out) if context else None}
+        words = torch.stack([per_layer[k] for k in layers], dim=1)  # (B, K', T, E)
         sent = h_n.transpose(0, 1)  # (B, 2, H): last forward state, last (=first word) backward state
         return TextFeatures(words, sent, mask)
+
+
+def bidirectional_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor, outputs: bool = True
+                       ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """A one-layer bidirectional, batch-first ``lstm`` over padded sequences, with the values
+    (and gradients) of running it on the packed batch.
+
+    Args:
+        x: (B, T, E) sequences, padded after their ``lengths`` (B,).
+        outputs: also return the per-position outputs.
+
+    Returns:
+        the outputs (B, T, 2H), zero at padded positions as ``pad_packed_sequence`` leaves them
+        (None unless ``outputs``), and the final states (2, B, H): the forward direction's at
+        each sequence's last word, the backward direction's at its first.
+
+    Each direction runs once over the whole padded batch, the backward one over every
+    sequence reversed within its length, so each recurrence step is one full-batch product
+    instead of a packed step of shrinking batch (about 2x faster forward + backward on CPU,
+    README "Training speed"); what the padded positions compute is never used.
+    """
+    if lstm.num_layers != 1 or not lstm.bidirectional or not lstm.batch_first or lstm.proj_size:
+        raise ValueError("bidirectional_lstm: a one-layer, bidirectional, batch-first nn.LSTM without projection")
+    b, t, _ = x.shape
+    lengths = lengths.to(x.device)
+    pos = torch.arange(t, device=x.device)[None]  # (1, T)
+    real = pos < lengths[:, None]  # (B, T)
+    rev = torch.where(real, lengths[:, None] - 1 - pos, pos)  # (B, T): each sequence reversed within its length
+    rev_x = rev[..., None].expand(b, t, x.shape[2])
+    h0 = x.new_zeros(1, b, lstm.hidden_size)
+    rows, last = torch.arange(b, device=x.device), lengths - 1
+    outs, finals = [], []
+    for weights, seq in zip(lstm.all_weights, (x, x.gather(1, rev_x))):
+        out = torch.lstm(seq, (h0, h0), weights, lstm.bias, 1, 0.0, lstm.training, False, True)[0]  # (B, T, H)
+        finals.append(out[rows, last])  # (B, H): the state after each sequence's last (reversed: first) word
+        outs.append(out)
+    h_n = torch.stack(finals)  # (2, B, H)
+    if not outputs:
+        return None, h_n
+    backward = outs[1].gather(1, rev[..., None].expand_as(outs[1]))  # back to the original positions
+    out = torch.cat([outs[0], backward], dim=-1).masked_fill(~real[..., None], 0.0)  # (B, T, 2H)
+    return out, h_n

@@ -94,7 +94,7 @@ class TransformerTextEncoder(TextEncoder):
             )
         return enc
 
-    def forward(self, tokens: list[list[str]]) -> TextFeatures:
+    def forward(self, tokens: list[list[str]], word_layers: list[int] | None = None) -> TextFeatures:
         device = next(self.model.parameters()).device
         enc = self._tokenize(tokens)
         T = max([len(t) for t in tokens] + [1])
@@ -102,8 +102,9 @@ class TransformerTextEncoder(TextEncoder):
         pool = (word_ids[:, None, :] == torch.arange(T)[None, :, None]).float()  # (B, T, L)
         pool = (pool / pool.sum(-1, keepdim=True).clamp(min=1)).to(device)
         out = self.model(**{k: v.to(device) for k, v in enc.items()}, output_hidden_states=True)
-        hidden = torch.stack(out.hidden_states, dim=1)  # (B, K, L, H)
-        words = pool[:, None] @ hidden  # (B, K, T, H)
+        states = out.hidden_states if word_layers is None else [out.hidden_states[k] for k in word_layers]
+        hidden = torch.stack(states, dim=1)  # (B, K', L, H)
+        words = pool[:, None] @ hidden  # (B, K', T, H)
         last = out.hidden_states[-1]  # (B, L, H)
         if self.pooling == "cls":
             sentence = last[:, 0]

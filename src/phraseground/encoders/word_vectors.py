@@ -106,8 +106,9 @@ class WordVectorEncoder(LearnedTextEncoder):
     UNK vector) and are counted in ``vocab.unknown_seen``.
     """
 
-    def __init__(self, table: WordTable, lstm: bool = True, lstm_hidden: int | None = None, freeze: bool = True) -> None:
-        super().__init__(Vocab(table.words), dim=table.dim, lstm=lstm, lstm_hidden=lstm_hidden)
+    def __init__(self, table: WordTable, lstm: bool = True, lstm_hidden: int | None = None, freeze: bool = True,
+                 context_words: bool = True) -> None:
+        super().__init__(Vocab(table.words), dim=table.dim, lstm=lstm, lstm_hidden=lstm_hidden, context_words=context_words)
         with torch.no_grad():
             self.embedding.weight.copy_(table.embedding_matrix(self.vocab))
         self.embedding.weight.requires_grad_(not freeze)

@@ -184,8 +184,8 @@ class AttnReg(GroundingModel):
 
     def encode_text(self, tokens: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Phrases -> word features v_l (B, T, E) and mask (B, T)."""
-        feats = self.text(tokens)
-        return torch.tanh(feats.words[:, -1]), feats.mask  # (B, T, E)
+        feats = self.text(tokens, [self.text.num_layers - 1])
+        return torch.tanh(feats.words[:, 0]), feats.mask  # (B, T, E)
 
     def predict(self, features: dict[str, torch.Tensor], tokens: list[list[str]]) -> AttnRegOutput:
         """Box, image attention and word attention for B (image b, phrase b) pairs."""

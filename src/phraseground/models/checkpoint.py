@@ -22,9 +22,10 @@ from ..errors import CheckpointError, ConfigError, OutputError
 from ..io import atomic_write, output_error, remove_stale_temps
 from .base import GroundingModel
 
-#: v2: typed model configs (``taps``, ``word_dim``), ``text_spec``, the model contract of models/base.py
-FORMAT = "phraseground-checkpoint-v2"
-_OLDER = ("phraseground-checkpoint-v1",)
+#: v2: typed model configs (``taps``, ``word_dim``), ``text_spec``, the model contract of models/base.py;
+#: v3: a BiLSTM text encoder whose outputs the model does not use has no output projection
+FORMAT = "phraseground-checkpoint-v3"
+_OLDER = ("phraseground-checkpoint-v1", "phraseground-checkpoint-v2")
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:

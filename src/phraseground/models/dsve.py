@@ -185,7 +185,7 @@ class DSVE(GroundingModel, SupportsRetrieval):
 
     def embed_texts(self, tokens: list[list[str]]) -> torch.Tensor:
         """B tokenised texts -> unit text embeddings v (B, d): the SRU output at the last word."""
-        feats = self.text(tokens)
+        feats = self.text(tokens, [0])
         _, last = self.sru(feats.words[:, 0], feats.mask.sum(dim=1))  # words[:, 0]: (B, T, E)
         return F.normalize(last, dim=-1)
 

@@ -228,7 +228,8 @@ class MLMCS(GroundingModel):
             else _mlp([spec.channels[lv], cfg.dim, cfg.dim, cfg.dim], cfg.leaky_slope)
             for lv in self.levels
         })
-        self.text = create_text_encoder(cfg.text_encoder, vocab, cfg.word_dim, cfg.text_encoder_args, text_spec)
+        self.text = create_text_encoder(cfg.text_encoder, vocab, cfg.word_dim, cfg.text_encoder_args, text_spec,
+                                        word_layers=cfg.word_layers)
         bad = [k for k in cfg.word_layers if not 0 <= k < self.text.num_layers]
         if not cfg.word_layers or bad:
             raise ConfigError(f"mlmcs: word_layers {cfg.word_layers} invalid for a {self.text.num_layers}-layer text encoder")
@@ -254,8 +255,8 @@ class MLMCS(GroundingModel):
 
     def encode_text(self, tokens: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Texts -> words S (B, T, D), sentence s̄ (B, D), mask (B, T)."""
-        feats = self.text(tokens)
-        layers = feats.words[:, self.cfg.word_layers]  # (B, K', T, E)
+        feats = self.text(tokens, self.cfg.word_layers)
+        layers = feats.words  # (B, K', T, E)
         words = (self.word_mix.view(1, -1, 1, 1) * layers).sum(1)  # (B, T, E)
         sent = (self.sentence_mix.view(1, -1, 1) * feats.sentence).sum(1)  # (B, S)
         return F.normalize(self.word_fc(words), dim=-1), F.normalize(self.sentence_fc(sent), dim=-1), feats.mask

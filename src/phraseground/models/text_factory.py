@@ -11,8 +11,11 @@ TEXT_ENCODERS = ("learned", "elmo", "transformer", "word_table")
 
 
 def create_text_encoder(kind: str, vocab: list[str] | None, dim: int, args: dict[str, Any],
-                        spec: dict[str, Any] | None = None) -> TextEncoder:
+                        spec: dict[str, Any] | None = None, word_layers: list[int] | None = None) -> TextEncoder:
     """Text encoder ``kind``; ``vocab`` is needed by the learned kind (words of the training captions).
+
+    ``word_layers``: the word layers the model will ask for (None: any); the BiLSTM encoders
+    (learned, word table) build their output projection only when layer 1 is among them.
 
     With ``spec`` (what ``encoder.spec()`` returned, kept in a checkpoint) the ELMo and
     word-table encoders are rebuilt with placeholder weights of the right shapes, without
@@ -26,6 +29,8 @@ def create_text_encoder(kind: str, vocab: list[str] | None, dim: int, args: dict
         from ..encoders.elmo import ElmoEncoder
 
         return ElmoEncoder.from_spec(spec, requires_grad=bool(args.get("requires_grad", False)))
+    if kind in ("learned", "word_table") and word_layers is not None:
+        args = {**args, "context_words": 1 in word_layers}
     if spec and kind == "word_table":
         from ..encoders.word_vectors import WordVectorEncoder
 
@@ -51,7 +56,7 @@ def create_text_encoder(kind: str, vocab: list[str] | None, dim: int, args: dict
 
 
 _TABLE_READER_ARGS = ("vocab_file", "unk_token", "limit")
-_TABLE_ENCODER_ARGS = ("lstm", "lstm_hidden", "freeze")
+_TABLE_ENCODER_ARGS = ("lstm", "lstm_hidden", "freeze", "context_words")
 
 
 def _word_table_encoder(vocab: list[str] | None, args: dict[str, Any]) -> TextEncoder:
