@@ -101,6 +101,44 @@ def _mlp(dims: list[int], slope: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class _SharedReluScores(torch.autograd.Function):
+    """R (G, P) = cos(a, q) with a = Vᵀ relu(V q), for P queries shared by G region groups,
+    with a hand-written backward.
+
+    v: (G, N, D) unit regions, q: (P, D) unit queries. The backward forms the region gradient
+    from two products accumulated into one buffer, (relu' ∘ ∂H) q + H ∂aᵀ, instead of autograd's
+    two (G, N, D) gradients and their sum, and keeps only H and a from the forward; tested
+    against the reference formulation (values and gradients).
+    """
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        g, n, d = v.shape
+        p = q.shape[0]
+        heat = torch.relu_((v.reshape(g * n, d) @ q.t()).view(g, n, p))  # (G, N, P)
+        a = torch.bmm(v.transpose(1, 2), heat)  # (G, D, P)
+        length = torch.linalg.vector_norm(a, dim=1)  # (G, P)
+        norm = length.clamp_min(EPS)
+        r = heat.square().sum(1) / norm  # <a, q> = Σ_n H_n <v_n, q> = Σ_n H_n²
+        ctx.save_for_backward(v, q, heat, a, norm, r, length > EPS)
+        return r
+
+    @staticmethod
+    def backward(ctx, dr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v, q, heat, a, norm, r, live = ctx.saved_tensors
+        g, n, d = v.shape
+        p = q.shape[0]
+        dnum = dr / norm  # (G, P)
+        dlength = torch.where(live, -dr * r / norm, 0.0)  # the clamp passes no gradient
+        da = a * (dlength / norm)[:, None, :]  # (G, D, P): ∂|a|/∂a = a / |a|
+        dheat = torch.baddbmm(heat * (2 * dnum)[:, None, :], v, da)  # (G, N, P): from Σ H² and from a
+        ddots = dheat.masked_fill_(heat <= 0, 0.0).view(g * n, p)  # ReLU: no gradient where it cut
+        dv = torch.bmm(heat, da.transpose(1, 2))  # (G, N, D): through a
+        dv.view(g * n, d).addmm_(ddots, q)  # + through the dots, accumulated in place
+        dq = ddots.t() @ v.reshape(g * n, d)  # (P, D)
+        return dv, dq
+
+
 def _region_attention(q: torch.Tensor, v: torch.Tensor, softmax: bool, need_heat: bool
                       ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Attention of P queries over the regions of G (image, level) groups.
@@ -117,10 +155,13 @@ def _region_attention(q: torch.Tensor, v: torch.Tensor, softmax: bool, need_heat
     shared, and their buffer becomes H in place (ReLU), so the (G, N, P) tensor exists once;
     a (G, D, P) comes from one batched product; the score needs only a: <a, q> = Σ_n H_n <v_n, q>,
     and |a| (with |q| = 1). When N < D the norm is formed from the regions' Gram matrix
-    instead, |a|² = Hᵀ (V Vᵀ) H, which costs N² instead of N·D per query.
+    instead, |a|² = Hᵀ (V Vᵀ) H, which costs N² instead of N·D per query. Shared queries, ReLU,
+    N ≥ D and no maps asked for (the training loss): :class:`_SharedReluScores`.
     """
     g, n, d = v.shape
     p = q.shape[-2]
+    if q.shape[0] == 1 and not (softmax or need_heat or n < d or torch.is_autocast_enabled(v.device.type)):
+        return None, _SharedReluScores.apply(v, q[0])
     if q.shape[0] == 1:
         dots = (v.reshape(g * n, d) @ q[0].t()).view(g, n, p)  # (G, N, P)
     else:
