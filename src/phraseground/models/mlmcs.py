@@ -215,12 +215,14 @@ def all_pairs_scores(queries: list[tuple[torch.Tensor, torch.Tensor | None]], v:
 
     Args:
         queries: (q, mask) pairs, q (Bq, T, D) unit queries, mask (Bq, T) bool or None.
-        v: (Bv, L, N, D) unit region features.
+        v: (Bv, L, N, D) unit region features; level-major in memory (a view of (L, Bv, N, D),
+            as :meth:`MLMCS.encode_image` returns them), the groups are taken without a copy.
 
     Returns:
         for each query set, R (Bq, Bv, L, T).
     """
     bv, L, n, d = v.shape
+    groups = v.transpose(0, 1).reshape(L * bv, n, d)  # (L·Bv, N, D): groups in (level, image) order
     rows, places = [], []
     for q, mask in queries:
         flat = q.reshape(-1, d)
@@ -233,10 +235,10 @@ def all_pairs_scores(queries: list[tuple[torch.Tensor, torch.Tensor | None]], v:
     if k < len(rows):  # one representative row (the first) per distinct vector
         first = torch.full((k,), len(rows), dtype=torch.long, device=rows.device)
         first.scatter_reduce_(0, inverse, torch.arange(len(rows), device=rows.device), "amin")
-        _, r = _region_attention(rows.index_select(0, first)[None], v.reshape(bv * L, n, d), softmax, False)
-        r = r.index_select(1, inverse)  # (Bv·L, P)
+        _, r = _region_attention(rows.index_select(0, first)[None], groups, softmax, False)
+        r = r.index_select(1, inverse)  # (L·Bv, P)
     else:
-        _, r = _region_attention(rows[None], v.reshape(bv * L, n, d), softmax, False)
+        _, r = _region_attention(rows[None], groups, softmax, False)
     out, start = [], 0
     for (q, _), pos in zip(queries, places):
         bq, t = q.shape[:2]
@@ -244,8 +246,8 @@ def all_pairs_scores(queries: list[tuple[torch.Tensor, torch.Tensor | None]], v:
         part = r[:, start:start + size]
         start += size
         if pos is not None:
-            part = part.new_zeros(bv * L, bq * t).index_copy(1, pos, part)
-        out.append(part.reshape(bv, L, bq, t).permute(2, 0, 1, 3))
+            part = part.new_zeros(L * bv, bq * t).index_copy(1, pos, part)
+        out.append(part.reshape(L, bv, bq, t).permute(2, 1, 0, 3))  # (Bq, Bv, L, T)
     return out
 
 
@@ -287,12 +289,16 @@ class MLMCS(GroundingModel):
         return self.taps
 
     def encode_image(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """{tap: (B, C, M, M)} -> V (B, L, N, D), L2-normalised over D."""
+        """{tap: (B, C, M, M)} -> V (B, L, N, D), L2-normalised over D.
+
+        V is a view of a level-major (L, B, N, D) tensor: the levels are stacked along the first
+        dimension, so the backward hands each level's mapping a contiguous gradient, and the
+        all-pairs scores take (level, image) groups without a copy."""
         maps = []
         features = resize_to_grid({lv: features[lv].float() for lv in self.levels}, self.cfg.grid)
         for lv in self.levels:
             maps.append(self.visual[lv](features[lv].flatten(2).transpose(1, 2)))  # (B, N, C) -> (B, N, D)
-        return unit(torch.stack(maps, dim=1))  # (B, L, N, D)
+        return unit(torch.stack(maps)).transpose(0, 1)  # (L, B, N, D) -> (B, L, N, D) view
 
     def encode_text(self, tokens: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Texts -> words S (B, T, D), sentence s̄ (B, D), mask (B, T)."""
