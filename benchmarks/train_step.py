@@ -45,7 +45,7 @@ from phraseground.models.registry import create_model  # noqa: E402
 from phraseground.train.config import load_config  # noqa: E402
 from phraseground.encoders.text import tokenize  # noqa: E402
 from phraseground.train.data import build_feature_set, ensure_synthetic, load_split, make_batch  # noqa: E402
-from phraseground.train.loop import _epoch_items  # noqa: E402
+from phraseground.train.loop import _epoch_items, make_optimizer  # noqa: E402
 
 
 def _rnn_layer_flops(input_shape, w_ih_shape, w_hh_shape, *args, **kwargs) -> int:
@@ -109,7 +109,7 @@ def bench_model(name: str, overrides: list[str], data_root: Path, repeats: int, 
     model.on_epoch_start(0)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = make_optimizer(params, tc)  # the training loop's
     items = _epoch_items(samples, model.supervision, tc, 0)
     bs = tc.batch_size
     n_batches = len(items) // bs

@@ -124,16 +124,15 @@ class Vocab:
 
     def encode(self, tokens: list[list[str]], device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return padded ids (B, T) and lengths (B,); unknown words map to ``<unk>`` and are counted."""
-        lengths = torch.tensor([max(len(t), 1) for t in tokens], dtype=torch.long)
-        ids = torch.zeros(len(tokens), int(lengths.max()) if tokens else 1, dtype=torch.long)
-        for b, toks in enumerate(tokens):
-            for t, w in enumerate(toks):
-                i = self.index(w)
-                if i is None:
-                    self.unknown_seen += 1
-                    i = 1
-                ids[b, t] = i
-        return ids.to(device) if device is not None else ids, lengths
+        lengths = [max(len(t), 1) for t in tokens]
+        width = max(lengths, default=1)
+        rows = []
+        for toks in tokens:
+            row = [self.index(w) for w in toks]
+            self.unknown_seen += row.count(None)
+            rows.append([1 if i is None else i for i in row] + [0] * (width - len(row)))
+        ids = torch.tensor(rows, dtype=torch.long).view(len(tokens), width)  # one tensor built from lists
+        return ids.to(device) if device is not None else ids, torch.tensor(lengths, dtype=torch.long)
 
 
 def lengths_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

