@@ -119,7 +119,7 @@ class _SharedReluScores(torch.autograd.Function):
         a = torch.bmm(v.transpose(1, 2), heat)  # (G, D, P)
         length = torch.linalg.vector_norm(a, dim=1)  # (G, P)
         norm = length.clamp_min(EPS)
-        r = heat.square().sum(1) / norm  # <a, q> = Σ_n H_n <v_n, q> = Σ_n H_n²
+        r = torch.linalg.vector_norm(heat, dim=1).square_() / norm  # <a, q> = Σ_n H_n <v_n, q> = Σ_n H_n²
         ctx.save_for_backward(v, q, heat, a, norm, r, length > EPS)
         return r
 
@@ -131,8 +131,8 @@ class _SharedReluScores(torch.autograd.Function):
         dnum = dr / norm  # (G, P)
         dlength = torch.where(live, -dr * r / norm, 0.0)  # the clamp passes no gradient
         da = a * (dlength / norm)[:, None, :]  # (G, D, P): ∂|a|/∂a = a / |a|
-        dheat = torch.baddbmm(heat * (2 * dnum)[:, None, :], v, da)  # (G, N, P): from Σ H² and from a
-        ddots = dheat.masked_fill_(heat <= 0, 0.0).view(g * n, p)  # ReLU: no gradient where it cut
+        dheat = torch.bmm(v, da).addcmul_(heat, (2 * dnum)[:, None, :])  # (G, N, P): from a and from Σ H²
+        ddots = torch.ops.aten.threshold_backward(dheat, heat, 0.0).view(g * n, p)  # ReLU: none where it cut
         dv = torch.bmm(heat, da.transpose(1, 2))  # (G, N, D): through a
         dv.view(g * n, d).addmm_(ddots, q)  # + through the dots, accumulated in place
         dq = ddots.t() @ v.reshape(g * n, d)  # (P, D)
