@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from phraseground.models.base import TrainBatch
-from phraseground.models.mlmcs import EPS, all_pairs_scores, attend, unit
+from phraseground.models.mlmcs import EPS, all_pairs_scores, attend, stacked_unit, unit
 from phraseground.models.registry import create_model
 
 VOCAB = ["a", "red", "star", "blue", "square", "left", "of", "the", "small", "large"]
@@ -197,6 +197,19 @@ def test_unit_is_normalize():
     w = torch.randn(3, 4, 7, dtype=torch.float64)
     torch.testing.assert_close(torch.autograd.grad((w * unit(x)).sum(), x)[0],
                                torch.autograd.grad((w * F.normalize(x, dim=-1)).sum(), x)[0])
+
+
+def test_stacked_unit_is_stack_of_normalize():
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(5, 6, dtype=torch.float64, generator=g).requires_grad_() for _ in range(3)]
+    xs[1].data[2] = 0.0
+    xs[2].data[4] *= 1e-14  # |x| below eps: clamped
+    w = torch.randn(3, 5, 6, dtype=torch.float64, generator=g)
+    ref = torch.stack([F.normalize(x, dim=-1) for x in xs])
+    out = stacked_unit(xs)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad((w * out).sum(), xs), torch.autograd.grad((w * ref).sum(), xs)):
+        torch.testing.assert_close(a, b)
 
 
 def test_repeated_context_free_words_are_scored_once(monkeypatch):
