@@ -116,8 +116,8 @@ class _SharedReluScores(torch.autograd.Function):
         g, n, d = v.shape
         p = q.shape[0]
         heat = torch.relu_((v.reshape(g * n, d) @ q.t()).view(g, n, p))  # (G, N, P)
-        a = torch.bmm(v.transpose(1, 2), heat)  # (G, D, P)
-        length = torch.linalg.vector_norm(a, dim=1)  # (G, P)
+        a = torch.bmm(heat.transpose(1, 2), v)  # (G, P, D): aᵀ, the faster layout of this product
+        length = torch.linalg.vector_norm(a, dim=2)  # (G, P)
         norm = length.clamp_min(EPS)
         r = torch.linalg.vector_norm(heat, dim=1).square_() / norm  # <a, q> = Σ_n H_n <v_n, q> = Σ_n H_n²
         ctx.save_for_backward(v, q, heat, a, norm, r, length > EPS)
@@ -130,10 +130,10 @@ class _SharedReluScores(torch.autograd.Function):
         p = q.shape[0]
         dnum = dr / norm  # (G, P)
         dlength = torch.where(live, -dr * r / norm, 0.0)  # the clamp passes no gradient
-        da = a * (dlength / norm)[:, None, :]  # (G, D, P): ∂|a|/∂a = a / |a|
-        dheat = torch.bmm(v, da).addcmul_(heat, (2 * dnum)[:, None, :])  # (G, N, P): from a and from Σ H²
+        da = a * (dlength / norm)[:, :, None]  # (G, P, D): ∂|a|/∂a = a / |a|
+        dheat = torch.bmm(v, da.transpose(1, 2)).addcmul_(heat, (2 * dnum)[:, None, :])  # (G, N, P): from a and Σ H²
         ddots = torch.ops.aten.threshold_backward(dheat, heat, 0.0).view(g * n, p)  # ReLU: none where it cut
-        dv = torch.bmm(heat, da.transpose(1, 2))  # (G, N, D): through a
+        dv = torch.bmm(heat, da)  # (G, N, D): through a
         dv.view(g * n, d).addmm_(ddots, q)  # + through the dots, accumulated in place
         dq = ddots.t() @ v.reshape(g * n, d)  # (P, D)
         return dv, dq
