@@ -43,6 +43,26 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
 
 
 @pytest.mark.parametrize("name", list_models())
+def test_ground_with_shared_images_equals_ground_per_text(name):
+    """Texts sharing an image (``image_of``) are grounded exactly as with the image's features
+    repeated for every text."""
+    torch.manual_seed(0)
+    model = create_model(name, vocab=VOCAB).eval()
+    feats = _inputs(model, b=2)
+    image_of = torch.tensor([1, 0, 1])
+    spans = [[(0, 3)], [(0, 4), (6, 8)], [(0, 2)]]
+    with torch.no_grad():
+        shared = model.ground(feats, TOKENS, spans, image_of)
+        repeated = model.ground({t: f[image_of] for t, f in feats.items()}, TOKENS, spans)
+    for a, b in zip(shared, repeated):
+        torch.testing.assert_close(a.heatmaps, b.heatmaps)
+        torch.testing.assert_close(a.scores, b.scores)
+        torch.testing.assert_close(a.levels, b.levels)
+        if b.boxes is not None:
+            torch.testing.assert_close(a.boxes, b.boxes)
+
+
+@pytest.mark.parametrize("name", list_models())
 def test_ground_shapes(name):
     torch.manual_seed(0)
     model = create_model(name, vocab=VOCAB).eval()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,19 +24,21 @@ def as_boxes(boxes: BoxesLike) -> torch.Tensor:
     Raises:
         PhrasegroundError: a box is not 4 finite numbers with ``x0 <= x1`` and ``y0 <= y1``.
     """
-    t = torch.as_tensor(boxes, dtype=torch.float64).detach().cpu()
-    if t.numel() == 0:
-        return t.reshape(0, 4)  # (0, 4)
-    if t.ndim == 1 and t.numel() == 4:
-        t = t.reshape(1, 4)  # (1, 4)
-    if t.ndim != 2 or t.shape[1] != 4:
-        raise PhrasegroundError(f"boxes must have shape (K, 4) (xyxy), got {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
-        raise PhrasegroundError(f"boxes hold non-finite values: {t.tolist()}")
-    bad = (t[:, 2] < t[:, 0]) | (t[:, 3] < t[:, 1])
-    if bool(bad.any()):
-        raise PhrasegroundError(f"box {t[bad][0].tolist()} is not xyxy (needs x0 <= x1 and y0 <= y1)")
-    return t
+    # checked in NumPy: evaluation calls this several times per phrase, on a box or two, where
+    # each small torch operation costs more than the check itself
+    a = boxes.detach().cpu().to(torch.float64).numpy() if isinstance(boxes, torch.Tensor) else np.asarray(boxes, np.float64)
+    if a.size == 0:
+        return torch.zeros(0, 4, dtype=torch.float64)  # (0, 4)
+    if a.ndim == 1 and a.size == 4:
+        a = a.reshape(1, 4)  # (1, 4)
+    if a.ndim != 2 or a.shape[1] != 4:
+        raise PhrasegroundError(f"boxes must have shape (K, 4) (xyxy), got {tuple(a.shape)}")
+    if not np.isfinite(a).all():
+        raise PhrasegroundError(f"boxes hold non-finite values: {a.tolist()}")
+    bad = (a[:, 2] < a[:, 0]) | (a[:, 3] < a[:, 1])
+    if bad.any():
+        raise PhrasegroundError(f"box {a[bad][0].tolist()} is not xyxy (needs x0 <= x1 and y0 <= y1)")
+    return torch.from_numpy(np.array(a, copy=True))  # a tensor of its own (not a view of the input)
 
 
 def union_box(boxes: BoxesLike) -> torch.Tensor:

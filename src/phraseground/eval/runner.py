@@ -153,10 +153,14 @@ def phrase_record(sample: ImageSample, caption_index: int, phrase_index: int, ph
 def ground_captions(model, fs, pairs: list[tuple[int, int]]) -> list:
     """Ground every phrase of the given captions in their own images (the model's tokenizer;
     the phrases' word spans mapped onto its tokens)."""
-    feats = fs.select([i for i, _ in pairs], next(model.parameters()).device)
+    images = list(dict.fromkeys(i for i, _ in pairs))  # each image once, in order
+    row = {i: k for k, i in enumerate(images)}
+    device = next(model.parameters()).device
+    feats = fs.select(images, device)
     caps = [fs.samples[i].captions[c] for i, c in pairs]
     texts = [model.tokenize_spans(cap.text, [p.word_span for p in cap.phrases]) for cap in caps]
-    return model.ground(feats, [tokens for tokens, _ in texts], [spans for _, spans in texts])
+    image_of = torch.tensor([row[i] for i, _ in pairs], dtype=torch.long, device=device)
+    return model.ground(feats, [tokens for tokens, _ in texts], [spans for _, spans in texts], image_of)
 
 
 @torch.no_grad()

@@ -231,7 +231,8 @@ class AttnReg(GroundingModel):
         return {"loss": loss, **scalars}
 
     def ground(
-        self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]]
+        self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]],
+        image_of: torch.Tensor | None = None,
     ) -> list[GroundingResult]:
         """Each phrase (the span's words alone) with its image; heatmap = the image attention map
         (zeros in the "none" ablation), score = the attention mass Σα, box = the regressed box
@@ -243,6 +244,8 @@ class AttnReg(GroundingModel):
             empty = GroundingResult(torch.zeros(0, m, m), torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, 4))
             return [empty for _ in spans]
         owner = torch.tensor([b for b, n in enumerate(counts) for _ in range(n)], device=next(iter(features.values())).device)
+        if image_of is not None:  # each phrase's image row
+            owner = image_of.to(owner.device).index_select(0, owner)
         out = self.predict({t: f.index_select(0, owner) for t, f in features.items()}, phrases)
         alpha = out.image_attention if out.image_attention is not None else out.boxes.new_zeros(len(phrases), m * m)
         word_alpha = out.word_attention.split(counts) if out.word_attention is not None else [None] * len(spans)

@@ -225,18 +225,29 @@ class GroundingModel(nn.Module):
         features: dict[str, torch.Tensor],
         tokens: list[list[str]],
         spans: list[list[tuple[int, int]]],
+        image_of: torch.Tensor | None = None,
     ) -> list[GroundingResult]:
         """Ground phrases given inside texts.
 
         Args:
-            features: tap name -> (B, C, h, w) features of B images.
-            tokens: B texts, text b belongs to image b.
+            features: tap name -> (I, C, h, w) features of I images.
+            tokens: B texts; text b belongs to image ``image_of[b]`` (image b when None).
             spans: for text b, half-open word spans (start, end) of its phrases.
+            image_of: (B,) long, the image row of each text: several texts of one image share
+                its features, and a model may encode each image once (see :func:`per_text`).
 
         Returns:
             one GroundingResult per text, with one row per span.
         """
         raise NotImplementedError
+
+
+def per_text(features: dict[str, torch.Tensor], image_of: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The features of each text's image, tap -> (B, C, h, w) (``features`` itself when
+    ``image_of`` is None): for models that encode every (text, image) pair jointly."""
+    if image_of is None:
+        return features
+    return {t: f.index_select(0, image_of.to(f.device)) for t, f in features.items()}
 
 
 class SupportsRetrieval:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..encoders.vision import PACKAGE_WEIGHTS, BackboneSpec, create_backbone, get_backbone_spec, sha256_file
 from ..errors import ConfigError, WeightsNotFoundError
-from .base import BackboneConfig, GroundingModel, GroundingResult
+from .base import BackboneConfig, GroundingModel, GroundingResult, per_text
 from .registry import register_model
 
 #: default threshold of "no matching concept" (README "cam": chosen on phrases with and without
@@ -206,8 +206,8 @@ class CAMGrounder(GroundingModel):
 
     @torch.no_grad()
     def ground(self, features: dict[str, torch.Tensor], tokens: list[list[str]],
-               spans: list[list[tuple[int, int]]]) -> list[GroundingResult]:
-        head = features["head"].float()  # (B, C, h, w)
+               spans: list[list[tuple[int, int]]], image_of: torch.Tensor | None = None) -> list[GroundingResult]:
+        head = per_text(features, image_of)["head"].float()  # (B, C, h, w)
         w = self.weight.to(head.device)
         logits = head.mean((2, 3)) @ w.T + self.bias.to(head.device)  # (B, 1000)
         probs = logits.softmax(-1)

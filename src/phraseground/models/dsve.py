@@ -220,13 +220,16 @@ class DSVE(GroundingModel, SupportsRetrieval):
         return self._heatmaps(self.visual_maps(features), vectors)
 
     def ground(
-        self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]]
+        self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]],
+        image_of: torch.Tensor | None = None,
     ) -> list[GroundingResult]:
         """Each phrase is embedded from its own words; its heatmap (Eq. 9 made non-negative by
         ``above_mean``) and its cosine with the image come from that embedding. Empty spans get
         zero maps and scores."""
-        g = self.visual_maps(features)  # (B, D', h, w)
-        x = self._embed_maps(g)  # (B, d)
+        g = self.visual_maps(features)  # (I, D', h, w): each image once
+        x = self._embed_maps(g)  # (I, d)
+        if image_of is not None:
+            g, x = g.index_select(0, image_of.to(g.device)), x.index_select(0, image_of.to(x.device))  # (B, ...)
         phrases = [tokens[b][s:e] for b, bspans in enumerate(spans) for s, e in bspans]
         v = self.embed_texts(phrases) if phrases else x.new_zeros(0, self.cfg.dim)  # (P_total, d)
         non_empty = torch.tensor([e > s for bspans in spans for s, e in bspans], dtype=torch.bool, device=v.device)

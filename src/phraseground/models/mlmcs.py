@@ -375,9 +375,12 @@ class MLMCS(GroundingModel):
         return {"loss": loss, "loss_words": loss_w.detach(), "loss_sentence": loss_s.detach()}
 
     def ground(
-        self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]]
+        self, features: dict[str, torch.Tensor], tokens: list[list[str]], spans: list[list[tuple[int, int]]],
+        image_of: torch.Tensor | None = None,
     ) -> list[GroundingResult]:
-        v = self.encode_image(features)  # (B, L, N, D)
+        v = self.encode_image(features)  # (I, L, N, D): each image once
+        if image_of is not None:
+            v = v.index_select(0, image_of.to(v.device))  # (B, L, N, D)
         words, sent, mask = self.encode_text(tokens)
         softmax = self.cfg.attention == "softmax"
         m = self.cfg.grid

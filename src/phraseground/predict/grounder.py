@@ -196,8 +196,7 @@ class Grounder:
             self.stats["backbone_images"] += len(batch)
             owner = torch.tensor([b for b, p in enumerate(batch) for _ in p.texts], device=self.device)
             texts = [t for p in batch for t in p.texts]
-            results = self.model.ground({k: f.index_select(0, owner) for k, f in feats.items()},
-                                        [t.tokens for t in texts], [t.spans for t in texts])
+            results = self.model.ground(feats, [t.tokens for t in texts], [t.spans for t in texts], owner)
         records, it = [], iter(zip(texts, results))
         for p in batch:
             w, h = p.image.size
