@@ -211,7 +211,7 @@ class FeatureStore:
             rows = rows.pin_memory()
         rows = rows.to(device, non_blocking=True)
         b = rows.shape[0]
-        return {t: rows[:, off : off + int(np.prod(shape))].reshape(b, *shape).float()
+        return {t: rows[:, off : off + int(np.prod(shape))].reshape(b, *shape).to(torch.float32, memory_format=torch.channels_last)
                 for (t, shape), off in zip(self.layout.taps.items(), self.layout.offsets.values())}
 
     @property

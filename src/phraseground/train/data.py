@@ -65,7 +65,7 @@ class FeatureSet:
 
     def select(self, image_indices: list[int] | torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(image_indices, dtype=torch.long)
-        return {t: f[idx].to(device, torch.float32) for t, f in self.features.items()}
+        return {t: f[idx].to(device, torch.float32, memory_format=torch.channels_last) for t, f in self.features.items()}
 
     def __len__(self) -> int:
         return len(self.samples)
