@@ -274,7 +274,7 @@ class _StackedUnit(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         y, inv, live = ctx.saved_tensors
-        along = torch.linalg.vecdot(y, dy, dim=-1).unsqueeze(-1).masked_fill_(~live, 0.0)  # the clamp: no norm gradient
+        along = torch.einsum("...d,...d->...", y, dy).unsqueeze(-1).masked_fill_(~live, 0.0)  # a batched product: one pass; the clamp: no norm gradient
         return None, *torch.addcmul(dy, y, along, value=-1.0).mul_(inv).unbind(0)
 
 
