@@ -63,6 +63,7 @@ _RANK = _COMMON + textwrap.dedent("""
         results[name] = {"loss": loss.detach(), "grads": {k: p.grad for k, p in model.named_parameters() if p.grad is not None}}
     if rank == 0:
         torch.save(results, out)
+    dist.barrier()  # neither rank tears gloo down while the other still uses it (rank 1 aborted at exit)
     dist.destroy_process_group()
 """)
 
