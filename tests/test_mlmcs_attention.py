@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from phraseground.models.base import TrainBatch
-from phraseground.models.mlmcs import EPS, all_pairs_scores, attend, stacked_unit, unit
+from phraseground.models.mlmcs import EPS, all_pairs_scores, attend, stacked_unit
 from phraseground.models.registry import create_model
 
 VOCAB = ["a", "red", "star", "blue", "square", "left", "of", "the", "small", "large"]
@@ -187,16 +187,6 @@ def test_ground_matches_per_phrase_reference(kw):
             torch.testing.assert_close(res.heatmaps[k].flatten(), ref, atol=1e-5, rtol=1e-4)
             assert float(res.scores[k]) == pytest.approx(den / max(e - s, 1), abs=1e-5)
             assert int(res.levels[k]) == level
-
-
-def test_unit_is_normalize():
-    x = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
-    x.data[0, 0] = 0.0
-    x.data[1, 2] *= 1e-14  # |x| below eps: clamped
-    torch.testing.assert_close(unit(x), F.normalize(x, dim=-1))
-    w = torch.randn(3, 4, 7, dtype=torch.float64)
-    torch.testing.assert_close(torch.autograd.grad((w * unit(x)).sum(), x)[0],
-                               torch.autograd.grad((w * F.normalize(x, dim=-1)).sum(), x)[0])
 
 
 def test_stacked_unit_is_stack_of_normalize():

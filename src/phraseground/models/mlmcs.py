@@ -284,11 +284,6 @@ def stacked_unit(xs: list[torch.Tensor], eps: float = 1e-12) -> torch.Tensor:
     return _StackedUnit.apply(eps, *xs)
 
 
-def unit(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """x / max(|x|, eps) over the last dimension (``F.normalize``)."""
-    return stacked_unit([x], eps)[0]
-
-
 @register_model("mlmcs", MLMCSConfig)
 class MLMCS(GroundingModel):
     supervision = "weak"
