@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..features import resize_to_grid
 from .base import BackboneConfig, GroundingModel, GroundingResult, TrainBatch
+from .products import PointwiseConv, rows_by, rows_summed
 from .registry import register_model
 from .text_factory import create_text_encoder
 
@@ -88,21 +89,6 @@ class MLMCSConfig(BackboneConfig):
         return levels
 
 
-class PointwiseConv(nn.Linear):
-    """A 1×1 convolution (the paper's visual mapping) holding its weights as a Linear layer's,
-    (D, C) and (D,): applied to (B, C, M, M) maps it returns (B, D, M, M) in the input's memory
-    format; applied to (..., C) vectors it is the Linear layer.
-
-    On channels-last maps this runs as a convolution, which on CPU is oneDNN's: measured 2× faster
-    than the same product as a matrix product (MKL), forward and backward, on an AMD EPYC (README
-    "Training speed"). The output is channels-last too, so its regions are (B·N, D) rows."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            return super().forward(x)
-        return F.conv2d(x, self.weight[:, :, None, None], self.bias)  # (D, C) -> (D, C, 1, 1) view
-
-
 def _mlp(dims: list[int], slope: float) -> nn.Sequential:
     """1×1 convolutions dims[0] -> dims[1] -> ... each followed by LeakyReLU (on vectors, Linear layers)."""
     layers: list[nn.Module] = []
@@ -123,9 +109,7 @@ class _SharedReluScores(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        g, n, d = v.shape
-        p = q.shape[0]
-        heat = torch.relu_((v.reshape(g * n, d) @ q.t()).view(g, n, p))  # (G, N, P)
+        heat = torch.relu_(rows_by(v, q))  # (G, N, P)
         a = torch.bmm(heat.transpose(1, 2), v)  # (G, P, D): aᵀ, the faster layout of this product
         length = torch.linalg.vector_norm(a, dim=2)  # (G, P)
         norm = length.clamp_min(EPS)
@@ -142,11 +126,10 @@ class _SharedReluScores(torch.autograd.Function):
         dlength = torch.where(live, -dr * r / norm, 0.0)  # the clamp passes no gradient
         da = a * (dlength / norm)[:, :, None]  # (G, P, D): ∂|a|/∂a = a / |a|
         dheat = torch.bmm(v, da.transpose(1, 2)).addcmul_(heat, (2 * dnum)[:, None, :])  # (G, N, P): from a and Σ H²
-        ddots = torch.ops.aten.threshold_backward(dheat, heat, 0.0).view(g * n, p)  # ReLU: none where it cut
+        ddots = torch.ops.aten.threshold_backward(dheat, heat, 0.0)  # (G, N, P); ReLU: none where it cut
         dv = torch.bmm(heat, da)  # (G, N, D): through a
-        dv.view(g * n, d).addmm_(ddots, q)  # + through the dots, accumulated in place
-        dq = ddots.t() @ v.reshape(g * n, d)  # (P, D)
-        return dv, dq
+        dv.view(g * n, d).addmm_(ddots.view(g * n, p), q)  # + through the dots, accumulated in place
+        return dv, rows_summed(ddots, v)  # dq (P, D)
 
 
 def _region_attention(q: torch.Tensor, v: torch.Tensor, softmax: bool, need_heat: bool
@@ -173,7 +156,7 @@ def _region_attention(q: torch.Tensor, v: torch.Tensor, softmax: bool, need_heat
     if q.shape[0] == 1 and not (softmax or need_heat or n < d or torch.is_autocast_enabled(v.device.type)):
         return None, _SharedReluScores.apply(v, q[0])
     if q.shape[0] == 1:
-        dots = (v.reshape(g * n, d) @ q[0].t()).view(g, n, p)  # (G, N, P)
+        dots = rows_by(v, q[0])  # (G, N, P)
     else:
         dots = torch.bmm(v, q.transpose(1, 2))  # (G, N, P)
     heat = torch.softmax(dots, dim=1) if softmax else torch.relu_(dots)
