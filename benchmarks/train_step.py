@@ -15,7 +15,9 @@ backbone's features, the default batch size), then
 * the step time (forward, backward, optimizer step): warm, median over ``--repeats`` batches;
 * the achieved GFLOP/s and the ratio ``step time / (FLOPs / matrix-product GFLOP/s)``: how many
   times slower the step runs than the same FLOPs would take as one large matrix product in the
-  same dtype (``--mm-size``², fp32 or bf16), timed after every fourth step of the same run, so
+  same dtype (``--mm-size``², fp32 or bf16) by the faster of the GEMM libraries PyTorch carries
+  (``torch.mm``, which is MKL on x86, and oneDNN; on AMD CPUs MKL runs at about half of oneDNN's
+  speed, and the ratio to each is printed too), timed after every fourth step of the same run, so
   that both see the same machine load (the median of each is used; after every step, the
   product's 50 MB would evict the step's working set from the cache before each step, and
   the step would be timed cold, as training never runs it); the same figures in process
@@ -70,20 +72,32 @@ PROBE_EVERY = 4  # steps between two timings of the reference product
 
 
 class MatmulProbe:
-    """An n×n by n×n matrix product in one dtype; ``time()`` returns the seconds of one."""
+    """An n×n by n×n matrix product in one dtype, by each fp32/bf16 GEMM library PyTorch carries on
+    this machine: ``torch.mm`` (MKL on x86 CPUs) and oneDNN's inner product (the kernel behind
+    PyTorch's CPU convolutions and ``torch.ops.mkldnn._linear_pointwise``). On an AMD EPYC, MKL
+    runs an AVX2 path at about half of what oneDNN's AVX-512 kernels reach, so the machine's
+    limit is the faster of the two; both are reported."""
 
     def __init__(self, n: int, dtype: torch.dtype) -> None:
         self.n, self.dtype = n, dtype
-        self.a = torch.randn(n, n).to(dtype)
-        self.b = torch.randn(n, n).to(dtype)
-        for _ in range(2):
-            self.a @ self.b
+        a = torch.randn(n, n).to(dtype)
+        b = torch.randn(n, n).to(dtype)
+        self.products = {"torch.mm": lambda: a @ b}
+        onednn = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+        if onednn is not None and torch.backends.mkldnn.is_available():
+            self.products["oneDNN"] = lambda: onednn(a, b, None, "none", [], "")  # a bᵀ: the same FLOPs
+        for f in self.products.values():
+            for _ in range(2):
+                f()
 
-    def time(self) -> tuple[float, float]:
-        """(wall, CPU) seconds of one product."""
-        t, c = time.perf_counter(), time.process_time()
-        self.a @ self.b
-        return time.perf_counter() - t, time.process_time() - c
+    def time(self) -> dict[str, tuple[float, float]]:
+        """{library: (wall, CPU) seconds of one product}."""
+        out = {}
+        for name, f in self.products.items():
+            t, c = time.perf_counter(), time.process_time()
+            f()
+            out[name] = (time.perf_counter() - t, time.process_time() - c)
+        return out
 
     def gflops(self, seconds: float) -> float:
         return 2 * self.n**3 / seconds / 1e9
@@ -134,23 +148,27 @@ def bench_model(name: str, overrides: list[str], data_root: Path, repeats: int, 
         optimizer.zero_grad(set_to_none=True)
     for k in range(3):  # warm-up
         _step(model, optimizer, batches[k % n_batches], autocast)
-    times, cpu_times, mm_times, mm_cpu = [], [], [], []
+    times, cpu_times = [], []
+    mm_times = {lib: [] for lib in probe.products}
+    mm_cpu = {lib: [] for lib in probe.products}
     for k in range(repeats):  # steps and reference products interleaved: the same machine load for both
         t, c = time.perf_counter(), time.process_time()
         _step(model, optimizer, batches[k % n_batches], autocast)
         times.append(time.perf_counter() - t)
         cpu_times.append(time.process_time() - c)
         if k % PROBE_EVERY == PROBE_EVERY - 1:  # not after every step: the product evicts the step's data from cache
-            w, c = probe.time()
-            mm_times.append(w)
-            mm_cpu.append(c)
+            for lib, (w, c) in probe.time().items():
+                mm_times[lib].append(w)
+                mm_cpu[lib].append(c)
     t_med = statistics.median(times)
     f_mean = sum(flops[k % n_batches] for k in range(repeats)) / repeats
     tokens = [len(t) for t in batches[0].tokens]
     return {"model": name, "batch_size": bs, "max_tokens": max(tokens), "mean_tokens": statistics.mean(tokens),
             "gflop_per_step": f_mean / 1e9, "step_ms": 1e3 * t_med, "step_ms_min": 1e3 * min(times),
-            "gflops": f_mean / t_med / 1e9, "matmul_gflops": probe.gflops(statistics.median(mm_times)),
-            "step_cpu_ms": 1e3 * statistics.median(cpu_times), "matmul_cpu_gflops": probe.gflops(statistics.median(mm_cpu)),
+            "gflops": f_mean / t_med / 1e9,
+            "matmul_gflops_by_library": {k: probe.gflops(statistics.median(x)) for k, x in mm_times.items()},
+            "matmul_cpu_gflops_by_library": {k: probe.gflops(statistics.median(x)) for k, x in mm_cpu.items()},
+            "step_cpu_ms": 1e3 * statistics.median(cpu_times),
             "overrides": overrides, "autocast": autocast, "load": os.getloadavg()}
 
 
@@ -187,20 +205,31 @@ def main() -> None:
         overrides = [s.split(":", 1)[1] for s in args.set if s.split(":", 1)[0] == name]
         rows.append(bench_model(name, overrides, data_root, args.repeats, args.autocast, probe))
         r = rows[-1]
+        libs = r["matmul_gflops_by_library"]
+        r["matmul_library"] = max(libs, key=libs.get)  # the machine's limit: the faster library
+        r["matmul_gflops"] = libs[r["matmul_library"]]
+        r["matmul_cpu_gflops"] = r["matmul_cpu_gflops_by_library"][r["matmul_library"]]
         print(f"  {name}: {r['gflop_per_step']:.2f} GFLOP/step, {r['step_ms']:.1f} ms/step, {r['gflops']:.1f} GFLOP/s; "
-              f"matrix product {r['matmul_gflops']:.1f} GFLOP/s; load {load_label()}", flush=True)
+              f"matrix product " + ", ".join(f"{k} {x:.1f}" for k, x in libs.items()) + f" GFLOP/s; load {load_label()}",
+              flush=True)
     dt = str(mm_dtype).replace("torch.", "")
-    print(f"\nreference: a {args.mm_size}² {dt} matrix product timed after every {PROBE_EVERY}th step (median)\n")
-    print(f"| model | batch | GFLOP/step (fwd+bwd) | step ms (median) | GFLOP/s | matmul GFLOP/s ({dt}) | FLOP-limit ms "
-          "| ratio | step CPU ms | ratio (CPU time) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    names = list(probe.products)
+    print(f"\nreference: a {args.mm_size}² {dt} matrix product by each library ({', '.join(names)}), timed after every "
+          f"{PROBE_EVERY}th step (median); the FLOP limit and the ratio use the faster one, 'ratio (<library>)' each\n")
+    print(f"| model | batch | GFLOP/step (fwd+bwd) | step ms (median) | GFLOP/s | "
+          + " | ".join(f"{k} GFLOP/s ({dt})" for k in names)
+          + " | FLOP-limit ms | **ratio** | " + " | ".join(f"ratio ({k})" for k in names) + " | step CPU ms | ratio (CPU time) |")
+    print("|---" * (9 + 2 * len(names)) + "|")
     for r in rows:
         limit_ms = r["gflop_per_step"] / r["matmul_gflops"] * 1e3
         r["limit_ms"] = limit_ms
         r["ratio"] = r["step_ms"] / limit_ms
+        r["ratio_by_library"] = {k: r["step_ms"] * x / (r["gflop_per_step"] * 1e3) for k, x in r["matmul_gflops_by_library"].items()}
         r["ratio_cpu"] = r["step_cpu_ms"] / (r["gflop_per_step"] / r["matmul_cpu_gflops"] * 1e3)
-        print(f"| {r['model']} | {r['batch_size']} | {r['gflop_per_step']:.2f} | {r['step_ms']:.1f} | {r['gflops']:.1f} "
-              f"| {r['matmul_gflops']:.1f} | {limit_ms:.1f} | {r['ratio']:.2f} | {r['step_cpu_ms']:.1f} | {r['ratio_cpu']:.2f} |")
+        print(f"| {r['model']} | {r['batch_size']} | {r['gflop_per_step']:.2f} | {r['step_ms']:.1f} | {r['gflops']:.1f} | "
+              + " | ".join(f"{r['matmul_gflops_by_library'][k]:.1f}" for k in names)
+              + f" | {limit_ms:.1f} | **{r['ratio']:.2f}** | " + " | ".join(f"{r['ratio_by_library'][k]:.2f}" for k in names)
+              + f" | {r['step_cpu_ms']:.1f} | {r['ratio_cpu']:.2f} |")
     if args.json:
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "load": os.getloadavg(),
                 "matmul": {"dtype": dt, "size": args.mm_size}, "autocast": args.autocast}

@@ -6,25 +6,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from phraseground.models.products import PointwiseConv, rows_by, rows_summed
+from phraseground.models.products import PointwiseConv, linear_rows, rows_summed
 
 
 @pytest.mark.parametrize("g,n,c,k", [(3, 7, 5, 4), (2, 16, 9, 13), (1, 1, 3, 2)])
-def test_rows_by_and_rows_summed_equal_matrix_products(g, n, c, k):
+def test_linear_rows_and_rows_summed_equal_matrix_products(g, n, c, k):
     gen = torch.Generator().manual_seed(g * n + k)
     x = torch.randn(g, n, c, generator=gen)
     w = torch.randn(k, c, generator=gen)
     dy = torch.randn(g, n, k, generator=gen)
-    y = rows_by(x, w)
+    y = linear_rows(x, w)
     assert y.shape == (g, n, k) and y.is_contiguous()
     torch.testing.assert_close(y, torch.einsum("gnc,kc->gnk", x, w), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rows_summed(dy, x), torch.einsum("gnk,gnc->kc", dy, x), atol=1e-5, rtol=1e-5)
 
 
-def test_rows_by_accepts_a_non_contiguous_input():
+def test_linear_rows_accepts_a_non_contiguous_input():
     x = torch.randn(4, 5, 6).transpose(0, 1)  # (5, 4, 6), not contiguous
     w = torch.randn(3, 6)
-    torch.testing.assert_close(rows_by(x, w), x @ w.t(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(linear_rows(x, w), x @ w.t(), atol=1e-5, rtol=1e-5)
 
 
 def test_pointwise_conv_equals_linear_on_maps_and_vectors_with_gradients():
@@ -44,3 +44,5 @@ def test_pointwise_conv_equals_linear_on_maps_and_vectors_with_gradients():
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     vec = torch.randn(7, 6)
     torch.testing.assert_close(conv(vec), F.linear(vec, conv.weight, conv.bias))
+    rows = torch.randn(2, 7, 6)
+    torch.testing.assert_close(conv(rows), F.linear(rows, conv.weight, conv.bias), atol=1e-5, rtol=1e-5)

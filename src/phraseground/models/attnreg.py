@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..features import resize_to_grid
 from . import box_loss
 from .base import BackboneConfig, GroundingModel, GroundingResult, TrainBatch
+from .products import PointwiseConv
 from .registry import register_model
 from .text_factory import create_text_encoder
 
@@ -107,17 +108,19 @@ class AttnRegConfig(BackboneConfig):
 class FusionMLP(nn.Module):
     """MLP on a pair of inputs: h = tanh(W_a a + W_b b + c), then ``layers − 1`` more tanh
     layers, then a linear output; dropout after every hidden layer. ``a`` and ``b`` broadcast
-    against each other (e.g. a: (B, N, A) regions, b: (B, 1, Bd) one phrase per image)."""
+    against each other (e.g. a: (B, N, A) regions, b: (B, 1, Bd) one phrase per image). The layers
+are :class:`PointwiseConv`: Linear layers that run over (B, N, ·) rows as 1×1 convolutions
+(oneDNN on CPU, models/products.py)."""
 
     def __init__(self, dim_a: int, dim_b: int, hidden: int, layers: int, out: int, dropout: float) -> None:
         super().__init__()
-        self.in_a = nn.Linear(dim_a, hidden)
-        self.in_b = nn.Linear(dim_b, hidden, bias=False)
+        self.in_a = PointwiseConv(dim_a, hidden)
+        self.in_b = PointwiseConv(dim_b, hidden, bias=False)
         body: list[nn.Module] = [nn.Tanh(), nn.Dropout(dropout)]
         for _ in range(layers - 1):
-            body += [nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(dropout)]
+            body += [PointwiseConv(hidden, hidden), nn.Tanh(), nn.Dropout(dropout)]
         self.body = nn.Sequential(*body)
-        self.out = nn.Linear(hidden, out)
+        self.out = PointwiseConv(hidden, out)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(self.in_a(a) + self.in_b(b)))

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..features import resize_to_grid
 from .base import BackboneConfig, GroundingModel, GroundingResult, TrainBatch
-from .products import PointwiseConv, rows_by, rows_summed
+from .products import PointwiseConv, linear_rows, rows_summed
 from .registry import register_model
 from .text_factory import create_text_encoder
 
@@ -109,7 +109,7 @@ class _SharedReluScores(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        heat = torch.relu_(rows_by(v, q))  # (G, N, P)
+        heat = torch.relu_(linear_rows(v, q))  # (G, N, P)
         a = torch.bmm(heat.transpose(1, 2), v)  # (G, P, D): aᵀ, the faster layout of this product
         length = torch.linalg.vector_norm(a, dim=2)  # (G, P)
         norm = length.clamp_min(EPS)
@@ -156,7 +156,7 @@ def _region_attention(q: torch.Tensor, v: torch.Tensor, softmax: bool, need_heat
     if q.shape[0] == 1 and not (softmax or need_heat or n < d or torch.is_autocast_enabled(v.device.type)):
         return None, _SharedReluScores.apply(v, q[0])
     if q.shape[0] == 1:
-        dots = rows_by(v, q[0])  # (G, N, P)
+        dots = linear_rows(v, q[0])  # (G, N, P)
     else:
         dots = torch.bmm(v, q.transpose(1, 2))  # (G, N, P)
     heat = torch.softmax(dots, dim=1) if softmax else torch.relu_(dots)

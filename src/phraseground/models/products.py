@@ -4,8 +4,9 @@ On CPU, PyTorch's fp32 matrix product is MKL's, and its convolutions are oneDNN'
 EPYC (Zen 5) these figures were measured on, MKL takes an AVX2 path: a 2048² product runs at
 ~170 GFLOP/s on 2 threads, where oneDNN's AVX-512 kernels reach ~310–380 (README "Training
 speed"). A 1×1 convolution over channels-last maps is the same product, (rows, C) × (C, K),
-so the region products of ``mlmcs`` are written as such convolutions: the same values (up to
-the summation order) and gradients, tested against the matrix products.
+so the products over many rows (regions, words of a batch) are written as such convolutions:
+``mlmcs``'s mappings and attention, ``attnreg``'s fusion MLP, the SRU's input projection. The
+same values (up to the summation order) and gradients, tested against the matrix products.
 """
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ from torch import nn
 class PointwiseConv(nn.Linear):
     """A 1×1 convolution holding its weights as a Linear layer's, (K, C) and (K,): applied to
     (B, C, H, W) maps it returns (B, K, H, W) in the input's memory format (channels-last in,
-    channels-last out: the output's pixels are (B·H·W, K) rows in memory); applied to (..., C)
-    vectors it is the Linear layer."""
+    channels-last out: the output's pixels are (B·H·W, K) rows in memory); applied to (B, N, C)
+    rows, :func:`linear_rows`; applied to (..., C) vectors, the Linear layer."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            return super().forward(x)
-        return F.conv2d(x, self.weight[:, :, None, None], self.bias)  # (K, C) -> (K, C, 1, 1) view
+        if x.dim() == 4:
+            return F.conv2d(x, self.weight[:, :, None, None], self.bias)  # (K, C) -> (K, C, 1, 1) view
+        if x.dim() == 3:
+            return linear_rows(x, self.weight, self.bias)
+        return super().forward(x)
 
 
 def _as_maps(x: torch.Tensor) -> torch.Tensor:
@@ -32,17 +35,19 @@ def _as_maps(x: torch.Tensor) -> torch.Tensor:
     return x.view(g, n, 1, c).permute(0, 3, 1, 2)  # (G, N, 1, C) -> (G, C, N, 1)
 
 
-def rows_by(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x wᵀ for rows x (G, N, C) and w (K, C): (G, N, K), contiguous."""
+def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for rows x (G, N, C), weight (K, C): (G, N, K), contiguous;
+    on CPU a 1×1 convolution over the (G, C, N, 1) channels-last view of x (autograd's
+    convolution backward gives the gradients)."""
     if x.device.type != "cpu":
-        return (x.reshape(-1, x.shape[-1]) @ w.t()).view(*x.shape[:-1], w.shape[0])  # (G·N, C) -> (G, N, K)
-    y = F.conv2d(_as_maps(x.contiguous()), w[:, :, None, None])  # (G, K, N, 1), channels-last
-    return y.permute(0, 2, 3, 1).view(*x.shape[:-1], w.shape[0])  # (G, N, 1, K) -> (G, N, K)
+        return F.linear(x, weight, bias)
+    y = F.conv2d(_as_maps(x.contiguous()), weight[:, :, None, None], bias)  # (G, K, N, 1), channels-last
+    return y.permute(0, 2, 3, 1).view(*x.shape[:-1], weight.shape[0])  # (G, N, 1, K) -> (G, N, K)
 
 
 def rows_summed(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Σ over rows of gᵀ x for g (G, N, K) and x (G, N, C): (K, C), the weight gradient of
-    :func:`rows_by`."""
+    :func:`linear_rows`."""
     k, c = g.shape[-1], x.shape[-1]
     if x.device.type != "cpu":
         return g.reshape(-1, k).t() @ x.reshape(-1, c)  # (K, G·N) × (G·N, C)

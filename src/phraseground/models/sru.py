@@ -21,6 +21,8 @@ import math
 import torch
 from torch import nn
 
+from .products import linear_rows
+
 
 def _variational_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     """(B, T, C) -> (B, 1, C) inverted-dropout mask shared over time."""
@@ -64,7 +66,7 @@ class SRULayer(nn.Module):
             x_in = x * _variational_mask(x, self.rnn_dropout)
         else:
             x_in = x
-        u = (x_in @ self.weight).view(b, t, self.k, hs)  # (B, T, k, H)
+        u = linear_rows(x_in, self.weight.t()).view(b, t, self.k, hs)  # (B, T, k·H) -> (B, T, k, H); oneDNN on CPU
         x_tilde = u[:, :, 0]
         f = torch.sigmoid(u[:, :, 1] + self.bias[:hs])
         r = torch.sigmoid(u[:, :, 2] + self.bias[hs:])
