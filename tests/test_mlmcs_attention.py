@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from phraseground.models.base import TrainBatch
-from phraseground.models.mlmcs import EPS, all_pairs_scores, attend, stacked_unit
+from phraseground.models.mlmcs import EPS, all_pairs_scores, attend, identical_rows, row_hash_weights, stacked_unit
 from phraseground.models.registry import create_model
 
 VOCAB = ["a", "red", "star", "blue", "square", "left", "of", "the", "small", "large"]
@@ -229,3 +229,31 @@ def test_bf16_autocast_training_loss_is_close_to_fp32():
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         losses.append(float(out["loss"].detach()))
     assert losses[1] == pytest.approx(losses[0], rel=0.02)
+
+
+def _same_groups(first, inverse, rows):
+    """Rows i, j share a group iff they are bit-identical, and ``first`` is each group's smallest index."""
+    bits = rows.view(torch.int32)
+    same = (bits[:, None, :] == bits[None, :, :]).all(-1)  # (R, R), the naive reference
+    assert torch.equal(inverse[:, None] == inverse[None, :], same)
+    for k, i in enumerate(first.tolist()):
+        assert inverse[i] == k and (inverse[:i] != k).all()
+
+
+def test_identical_rows_groups_bit_identical_rows():
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(6, 5, generator=g)
+    rows = torch.cat([table[torch.randint(6, (20,), generator=g)], torch.randn(4, 5, generator=g)])
+    first, inverse = identical_rows(rows)
+    _same_groups(first, inverse, rows)
+    assert len(first) == len(torch.unique(rows, dim=0))
+
+
+def test_identical_rows_detects_a_hash_collision():
+    w = row_hash_weights(2, torch.device("cpu"))
+    # bits (0, 0) and (w1, -w0) hash to 0·w0 + 0·w1 = w1·w0 − w0·w1 = 0 (mod 2^64): different rows, one hash
+    bits = torch.tensor([[0, 0], [int(w[1]), -int(w[0])], [0, 0]], dtype=torch.int32)
+    rows = bits.view(torch.float32)
+    first, inverse = identical_rows(rows)
+    _same_groups(first, inverse, rows)
+    assert len(first) == 2

@@ -196,6 +196,40 @@ def attend(q: torch.Tensor, v: torch.Tensor, softmax: bool = False, all_pairs: b
     return heat.view(bv, L, n, t).transpose(2, 3), r.view(bv, L, t)
 
 
+def _first_of_groups(inverse: torch.Tensor) -> torch.Tensor:
+    """(K,) the smallest index of each group of ``inverse`` (R,) (groups 0..K-1)."""
+    k = int(inverse.max()) + 1 if len(inverse) else 0
+    first = torch.full((k,), len(inverse), dtype=torch.long, device=inverse.device)
+    return first.scatter_reduce_(0, inverse, torch.arange(len(inverse), device=inverse.device), "amin")
+
+
+def row_hash_weights(d: int, device: torch.device) -> torch.Tensor:
+    """(D,) the fixed int64 weights of :func:`identical_rows`' row hash."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(-2**31, 2**31 - 1, (d,), generator=g, dtype=torch.int64).to(device)
+
+
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def identical_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Groups of bit-identical rows of ``rows`` (R, D): ``first`` (K,) the index of each group's
+    first row and ``inverse`` (R,) each row's group (groups in no particular order).
+
+    The rows' bit patterns are hashed to one integer per row and the integers grouped, which
+    costs ~0.15 ms where ``torch.unique(rows, dim=0)`` (a sort of whole rows) costs ~2 ms at
+    the training batch's ~400 × 128. A hash collision is detected (every row is compared with
+    its group's first row) and falls back to ``torch.unique(dim=0)``.
+    """
+    bits = rows.contiguous().view(_SAME_SIZE_INT[rows.element_size()]).to(torch.int64)  # (R, D): the bit patterns
+    _, inverse = torch.unique((bits * row_hash_weights(rows.shape[1], rows.device)).sum(1), return_inverse=True)  # wraps: a hash
+    first = _first_of_groups(inverse)
+    if not torch.equal(bits, bits.index_select(0, first.index_select(0, inverse))):  # a collision
+        _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        first = _first_of_groups(inverse)
+    return first, inverse
+
+
 def all_pairs_scores(queries: list[tuple[torch.Tensor, torch.Tensor | None]], v: torch.Tensor, softmax: bool = False
                      ) -> list[torch.Tensor]:
     """R of :func:`attend` for every (text, image) pair, computed only where it is needed.
@@ -223,11 +257,8 @@ def all_pairs_scores(queries: list[tuple[torch.Tensor, torch.Tensor | None]], v:
         rows.append(flat if pos is None else flat.index_select(0, pos))
         places.append(pos)
     rows = torch.cat(rows) if len(rows) > 1 else rows[0]
-    _, inverse = torch.unique(rows.detach(), dim=0, return_inverse=True)
-    k = int(inverse.max()) + 1 if len(inverse) else 0
-    if k < len(rows):  # one representative row (the first) per distinct vector
-        first = torch.full((k,), len(rows), dtype=torch.long, device=rows.device)
-        first.scatter_reduce_(0, inverse, torch.arange(len(rows), device=rows.device), "amin")
+    first, inverse = identical_rows(rows.detach())
+    if len(first) < len(rows):  # one representative row (the first) per distinct vector
         _, r = _region_attention(rows.index_select(0, first)[None], groups, softmax, False)
         r = r.index_select(1, inverse)  # (L·Bv, P)
     else:
