@@ -67,10 +67,11 @@ class SRULayer(nn.Module):
         else:
             x_in = x
         u = linear_rows(x_in, self.weight.t()).view(b, t, self.k, hs)  # (B, T, k·H) -> (B, T, k, H); oneDNN on CPU
-        x_tilde = u[:, :, 0]
-        f = torch.sigmoid(u[:, :, 1] + self.bias[:hs])
-        r = torch.sigmoid(u[:, :, 2] + self.bias[hs:])
-        skip = x if self.k == 3 else u[:, :, 3]
+        parts = u.unbind(2)  # k × (B, T, H); one backward (a stack), not k zero-filled (B, T, k, H) gradients
+        x_tilde = parts[0]
+        f = torch.sigmoid(parts[1] + self.bias[:hs])
+        r = torch.sigmoid(parts[2] + self.bias[hs:])
+        skip = x if self.k == 3 else parts[3]
         c = x.new_zeros(b, hs)
         cells = []
         for f_t, x_t in zip(f.unbind(1), x_tilde.unbind(1)):  # unbind: one backward op, not T zero-filled slices
