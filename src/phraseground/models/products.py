@@ -2,7 +2,7 @@
 
 On CPU, PyTorch's fp32 matrix product is MKL's, and its convolutions are oneDNN's. On the AMD
 EPYC (Zen 5) these figures were measured on, MKL takes an AVX2 path: a 2048² product runs at
-~170 GFLOP/s on 2 threads, where oneDNN's AVX-512 kernels reach ~310–380 (README "Training
+~160–185 GFLOP/s on 2 threads, where oneDNN's AVX-512 kernels reach ~350–410 (README "Training
 speed"). A 1×1 convolution over channels-last maps is the same product, (rows, C) × (C, K),
 so the products over many rows (regions, words of a batch) are written as such convolutions:
 ``mlmcs``'s mappings and attention, ``attnreg``'s fusion MLP, the SRU's input projection. The
