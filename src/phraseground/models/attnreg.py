@@ -108,9 +108,9 @@ class AttnRegConfig(BackboneConfig):
 class FusionMLP(nn.Module):
     """MLP on a pair of inputs: h = tanh(W_a a + W_b b + c), then ``layers − 1`` more tanh
     layers, then a linear output; dropout after every hidden layer. ``a`` and ``b`` broadcast
-    against each other (e.g. a: (B, N, A) regions, b: (B, 1, Bd) one phrase per image). The layers
-are :class:`PointwiseConv`: Linear layers that run over (B, N, ·) rows as 1×1 convolutions
-(oneDNN on CPU, models/products.py)."""
+    against each other (e.g. a: (B, N, A) regions, b: (B, 1, Bd) one phrase per image). The
+    layers are :class:`PointwiseConv`: Linear layers that run over (B, N, ·) rows as 1×1
+    convolutions (oneDNN on CPU, models/products.py)."""
 
     def __init__(self, dim_a: int, dim_b: int, hidden: int, layers: int, out: int, dropout: float) -> None:
         super().__init__()
