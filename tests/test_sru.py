@@ -58,6 +58,19 @@ def test_layer_matches_reference_recurrence(n_in, hidden):
     torch.testing.assert_close(c.double(), c_ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n_in,hidden", [(3, 3), (4, 3)])
+def test_layer_under_bf16_autocast_is_close_to_the_reference(n_in, hidden):
+    torch.manual_seed(0)
+    layer = SRULayer(n_in, hidden)
+    x = torch.randn(2, 5, n_in)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h, c = layer(x)
+    assert h.dtype == c.dtype == torch.float32  # the gates' dtype: the projection alone is bf16
+    h_ref, c_ref = reference_layer(layer, x)
+    torch.testing.assert_close(h.double(), h_ref, atol=3e-2, rtol=3e-2)  # bf16 products: 8-bit mantissas
+    torch.testing.assert_close(c.double(), c_ref, atol=3e-2, rtol=3e-2)
+
+
 def test_stack_matches_reference_and_picks_each_sequence_last_step():
     torch.manual_seed(1)
     sru = SRU(4, 3, num_layers=3, dropout=0.3, rnn_dropout=0.3).eval()  # eval: no dropout

@@ -204,9 +204,10 @@ def _first_of_groups(inverse: torch.Tensor) -> torch.Tensor:
 
 
 def row_hash_weights(d: int, device: torch.device) -> torch.Tensor:
-    """(D,) the fixed int64 weights of :func:`identical_rows`' row hash."""
+    """(D,) the fixed int64 weights of :func:`identical_rows`' row hash; odd, so that a change of
+    any one bit of a row changes its hash (an even weight times 2^63 vanishes modulo 2^64)."""
     g = torch.Generator().manual_seed(0)
-    return torch.randint(-2**31, 2**31 - 1, (d,), generator=g, dtype=torch.int64).to(device)
+    return (torch.randint(-2**31, 2**31 - 1, (d,), generator=g, dtype=torch.int64) | 1).to(device)
 
 
 _SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}

@@ -18,10 +18,13 @@ from torch import nn
 class PointwiseConv(nn.Linear):
     """A 1×1 convolution holding its weights as a Linear layer's, (K, C) and (K,): applied to
     (B, C, H, W) maps it returns (B, K, H, W) in the input's memory format (channels-last in,
-    channels-last out: the output's pixels are (B·H·W, K) rows in memory); applied to (B, N, C)
+    channels-last out: the output's pixels are (B·H·W, K) rows in memory; off the CPU, the Linear
+    layer over the pixels, whose output is channels-last); applied to (B, N, C)
     rows, :func:`linear_rows`; applied to (..., C) vectors, the Linear layer."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.device.type != "cpu":  # cuBLAS's fp32 product, not cuDNN's (TF32 by default)
+            return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)  # channels-last out
         if x.dim() == 4:
             return F.conv2d(x, self.weight[:, :, None, None], self.bias)  # (K, C) -> (K, C, 1, 1) view
         if x.dim() == 3:

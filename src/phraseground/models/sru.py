@@ -68,11 +68,12 @@ class SRULayer(nn.Module):
             x_in = x
         u = linear_rows(x_in, self.weight.t()).view(b, t, self.k, hs)  # (B, T, k·H) -> (B, T, k, H); oneDNN on CPU
         parts = u.unbind(2)  # k × (B, T, H); one backward (a stack), not k zero-filled (B, T, k, H) gradients
-        x_tilde = parts[0]
         f = torch.sigmoid(parts[1] + self.bias[:hs])
         r = torch.sigmoid(parts[2] + self.bias[hs:])
-        skip = x if self.k == 3 else parts[3]
-        c = x.new_zeros(b, hs)
+        # lerp takes one dtype: under autocast the projection is bf16/fp16 and the gates (fp32 bias) fp32
+        x_tilde = parts[0].to(f.dtype)
+        skip = (x if self.k == 3 else parts[3]).to(r.dtype)
+        c = f.new_zeros(b, hs)
         cells = []
         for f_t, x_t in zip(f.unbind(1), x_tilde.unbind(1)):  # unbind: one backward op, not T zero-filled slices
             c = torch.lerp(x_t, c, f_t)  # f_t c + (1 − f_t) x_t as one operation (forward + backward 2.4× faster)
