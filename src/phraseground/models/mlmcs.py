@@ -120,15 +120,13 @@ class _SharedReluScores(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v, q, heat, a, norm, r, live = ctx.saved_tensors
-        g, n, d = v.shape
-        p = q.shape[0]
         dnum = dr / norm  # (G, P)
         dlength = torch.where(live, -dr * r / norm, 0.0)  # the clamp passes no gradient
         da = a * (dlength / norm)[:, :, None]  # (G, P, D): ∂|a|/∂a = a / |a|
         dheat = torch.bmm(v, da.transpose(1, 2)).addcmul_(heat, (2 * dnum)[:, None, :])  # (G, N, P): from a and Σ H²
         ddots = torch.ops.aten.threshold_backward(dheat, heat, 0.0)  # (G, N, P); ReLU: none where it cut
-        dv = torch.bmm(heat, da)  # (G, N, D): through a
-        dv.view(g * n, d).addmm_(ddots.view(g * n, p), q)  # + through the dots, accumulated in place
+        dv = linear_rows(ddots, q.t())  # (G, N, D): through the dots (oneDNN on CPU)
+        dv.baddbmm_(heat, da)  # + through a, accumulated in place
         return dv, rows_summed(ddots, v)  # dq (P, D)
 
 
