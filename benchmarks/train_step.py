@@ -216,7 +216,7 @@ def main() -> None:
     names = list(probe.products)
     print(f"\nreference: a {args.mm_size}² {dt} matrix product by each library ({', '.join(names)}), timed after every "
           f"{PROBE_EVERY}th step (median); the FLOP limit and the ratio use the faster one, 'ratio (<library>)' each\n")
-    print(f"| model | batch | GFLOP/step (fwd+bwd) | step ms (median) | GFLOP/s | "
+    print("| model | batch | GFLOP/step (fwd+bwd) | step ms (median) | GFLOP/s | "
           + " | ".join(f"{k} GFLOP/s ({dt})" for k in names)
           + " | FLOP-limit ms | **ratio** | " + " | ".join(f"ratio ({k})" for k in names) + " | step CPU ms | ratio (CPU time) |")
     print("|---" * (9 + 2 * len(names)) + "|")

@@ -150,7 +150,6 @@ def _region_attention(q: torch.Tensor, v: torch.Tensor, softmax: bool, need_heat
     N ≥ D and no maps asked for (the training loss): :class:`_SharedReluScores`.
     """
     g, n, d = v.shape
-    p = q.shape[-2]
     if q.shape[0] == 1 and not (softmax or need_heat or n < d or torch.is_autocast_enabled(v.device.type)):
         return None, _SharedReluScores.apply(v, q[0])
     if q.shape[0] == 1:
