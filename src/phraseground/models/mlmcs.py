@@ -10,6 +10,7 @@ path gives R_s = max_l cos(a_l, s̄). Loss: batch softmax (γ2) in both directio
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -200,9 +201,11 @@ def _first_of_groups(inverse: torch.Tensor) -> torch.Tensor:
     return first.scatter_reduce_(0, inverse, torch.arange(len(inverse), device=inverse.device), "amin")
 
 
+@functools.lru_cache(maxsize=8)
 def row_hash_weights(d: int, device: torch.device) -> torch.Tensor:
-    """(D,) the fixed int64 weights of :func:`identical_rows`' row hash; odd, so that a change of
-    any one bit of a row changes its hash (an even weight times 2^63 vanishes modulo 2^64)."""
+    """(D,) the fixed int64 weights of :func:`identical_rows`' row hash (drawn once per size and
+    device; read-only); odd, so that a change of any one bit of a row changes its hash (an even
+    weight times 2^63 vanishes modulo 2^64)."""
     g = torch.Generator().manual_seed(0)
     return (torch.randint(-2**31, 2**31 - 1, (d,), generator=g, dtype=torch.int64) | 1).to(device)
 

@@ -10,6 +10,8 @@ same values (up to the summation order) and gradients, tested against the matrix
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +34,7 @@ class PointwiseConv(nn.Linear):
         return super().forward(x)
 
 
+@functools.lru_cache(maxsize=256)
 def _row_split(rows: int, default: int) -> int:
     """How many "images" a 1×1 convolution over ``rows`` rows gets: the fewest that leave at
     most 256 rows each and divide ``rows``, with at least 32 rows each; else ``default``.
