@@ -22,7 +22,13 @@ backbone's features, the default batch size), then
   product's 50 MB would evict the step's working set from the cache before each step, and
   the step would be timed cold, as training never runs it); the same figures in process
   CPU time ("ratio (CPU time)"), which on a loaded machine is the steadier one (with one thread
-  it is close to the wall time on a free core; with several it adds up the threads).
+  it is close to the wall time on a free core; with several it adds up the threads);
+* "products alone": every product the FLOP counter counts in the step (forward and backward),
+  recorded with its operands' shapes, strides and dtypes and replayed one by one on fresh
+  operands, each warm and in cache, summed, and its ratio to the FLOP limit: what the step's
+  products cost at the step's own shapes with nothing else in between. It bounds the ratio any
+  rewrite of the non-product work (element-wise passes, Python, autograd) could reach without
+  changing the products themselves.
 
 Threads, torch version, CPU and the machine load (``os.getloadavg``) are printed with the figures.
 """
@@ -39,7 +45,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -69,6 +76,51 @@ RNN_FLOPS = {torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flops,
 
 
 PROBE_EVERY = 4  # steps between two timings of the reference product
+
+
+class ProductRecorder(TorchDispatchMode):
+    """Records every product the FLOP counter counts (matrix products, convolutions and their
+    backward, the fused RNN layers) with the shapes, strides and dtypes of its tensor arguments,
+    so that :func:`products_alone_ms` can replay each one alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[tuple, list] = {}  # (op, argument specs) -> [args, kwargs, count]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in flop_registry or func.overloadpacket in RNN_FLOPS:
+            spec = tuple(("T", tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else ("V", repr(a))
+                         for a in (*args, *(kwargs or {}).values()))
+            entry = self.calls.setdefault((func, spec), [args, kwargs or {}, 0])
+            entry[2] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _fresh(a):
+    """A tensor of ``a``'s shape, strides and dtype with values in [-1, 1) (no denormals), or ``a``."""
+    if not isinstance(a, torch.Tensor):
+        return a
+    t = torch.empty_strided(a.shape, a.stride(), dtype=a.dtype)
+    return t.uniform_(-1, 1) if t.is_floating_point() else t.zero_()
+
+
+def products_alone_ms(calls: dict[tuple, list], repeats: int = 5) -> float:
+    """The time, in ms, of the recorded products run one by one on fresh operands of the same
+    layouts, each warm (median of ``repeats`` after two untimed runs): what the step's products
+    cost at the step's shapes with nothing else in between and their operands in cache."""
+    total = 0.0
+    for (func, _), (args, kwargs, count) in calls.items():
+        fresh = [_fresh(a) for a in args]
+        fresh_kw = {k: _fresh(a) for k, a in kwargs.items()}
+        for _ in range(2):
+            func(*fresh, **fresh_kw)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            func(*fresh, **fresh_kw)
+            times.append(time.perf_counter() - t)
+        total += count * statistics.median(times)
+    return 1e3 * total
 
 
 class MatmulProbe:
@@ -138,14 +190,15 @@ def bench_model(name: str, overrides: list[str], data_root: Path, repeats: int, 
     batches = [make_batch(fs, items[k * bs:(k + 1) * bs]) for k in range(min(n_batches, 4))]
     n_batches = len(batches)
 
-    flops = []  # forward + backward (the optimizer step is not counted)
+    flops, alone = [], []  # forward + backward (the optimizer step is not counted)
     for batch in batches:
-        with FlopCounterMode(display=False, custom_mapping=RNN_FLOPS) as fc:
+        with FlopCounterMode(display=False, custom_mapping=RNN_FLOPS) as fc, ProductRecorder() as rec:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
                 out = model(batch)
             out["loss"].backward()
         flops.append(fc.get_total_flops())
         optimizer.zero_grad(set_to_none=True)
+        alone.append(products_alone_ms(rec.calls))
     for k in range(3):  # warm-up
         _step(model, optimizer, batches[k % n_batches], autocast)
     times, cpu_times = [], []
@@ -166,6 +219,7 @@ def bench_model(name: str, overrides: list[str], data_root: Path, repeats: int, 
     return {"model": name, "batch_size": bs, "max_tokens": max(tokens), "mean_tokens": statistics.mean(tokens),
             "gflop_per_step": f_mean / 1e9, "step_ms": 1e3 * t_med, "step_ms_min": 1e3 * min(times),
             "gflops": f_mean / t_med / 1e9,
+            "products_alone_ms": sum(alone[k % n_batches] for k in range(repeats)) / repeats,
             "matmul_gflops_by_library": {k: probe.gflops(statistics.median(x)) for k, x in mm_times.items()},
             "matmul_cpu_gflops_by_library": {k: probe.gflops(statistics.median(x)) for k, x in mm_cpu.items()},
             "step_cpu_ms": 1e3 * statistics.median(cpu_times),
@@ -218,17 +272,20 @@ def main() -> None:
           f"{PROBE_EVERY}th step (median); the FLOP limit and the ratio use the faster one, 'ratio (<library>)' each\n")
     print("| model | batch | GFLOP/step (fwd+bwd) | step ms (median) | GFLOP/s | "
           + " | ".join(f"{k} GFLOP/s ({dt})" for k in names)
-          + " | FLOP-limit ms | **ratio** | " + " | ".join(f"ratio ({k})" for k in names) + " | step CPU ms | ratio (CPU time) |")
-    print("|---" * (9 + 2 * len(names)) + "|")
+          + " | FLOP-limit ms | **ratio** | " + " | ".join(f"ratio ({k})" for k in names)
+          + " | products alone ms | ratio (products alone) | step CPU ms | ratio (CPU time) |")
+    print("|---" * (11 + 2 * len(names)) + "|")
     for r in rows:
         limit_ms = r["gflop_per_step"] / r["matmul_gflops"] * 1e3
         r["limit_ms"] = limit_ms
         r["ratio"] = r["step_ms"] / limit_ms
         r["ratio_by_library"] = {k: r["step_ms"] * x / (r["gflop_per_step"] * 1e3) for k, x in r["matmul_gflops_by_library"].items()}
         r["ratio_cpu"] = r["step_cpu_ms"] / (r["gflop_per_step"] / r["matmul_cpu_gflops"] * 1e3)
+        r["ratio_products_alone"] = r["products_alone_ms"] / limit_ms
         print(f"| {r['model']} | {r['batch_size']} | {r['gflop_per_step']:.2f} | {r['step_ms']:.1f} | {r['gflops']:.1f} | "
               + " | ".join(f"{r['matmul_gflops_by_library'][k]:.1f}" for k in names)
               + f" | {limit_ms:.1f} | **{r['ratio']:.2f}** | " + " | ".join(f"{r['ratio_by_library'][k]:.2f}" for k in names)
+              + f" | {r['products_alone_ms']:.1f} | {r['ratio_products_alone']:.2f}"
               + f" | {r['step_cpu_ms']:.1f} | {r['ratio_cpu']:.2f} |")
     if args.json:
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "load": os.getloadavg(),
