@@ -241,3 +241,20 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(PhrasegroundError, match="xyxy"):
         game.update(phrase([(5, 1, 2, 4)]), 8, 6, point=(1, 1))
     assert game.compute()["n_evaluated"] == 0
+
+
+@pytest.mark.parametrize("protocol,frame", [("akbari2019", "flickr30k"), ("engilberge2018", "xyxy")])
+def test_judge_once_scores_like_update(protocol, frame):
+    phrases = [phrase(), phrase(boxes=((0, 0, 1, 1),)), phrase(types=("notvisual",)), phrase(boxes=()),
+               phrase(boxes=((2, 1, 5, 4), (6, 0, 8, 6)))]
+    points = [(3.2, 2.9), (5.0, 4.0), (7.5, 1.0), (0.5, 5.5)]
+    plain, judged = PointingGame(protocol, frame), PointingGame(protocol, frame)
+    for p in phrases:
+        verdict = judged.judge(p, 8, 6)
+        assert (verdict[0] is None) == (skip_reason(p, 8, 6, protocol, frame) is None)
+        for pt in points:
+            assert judged.update(p, 8, 6, point=pt, judged=verdict) == plain.update(p, 8, 6, point=pt)
+    assert judged.compute() == plain.compute()
+    report = plain.compute()
+    assert report["skipped"]["no_box"] == report["skipped"]["notvisual"] == 4  # the skip paths ran
+    assert 0 < report["hits"] < report["n_evaluated"]  # hits and misses both

@@ -83,8 +83,9 @@ def evaluate_baseline(
                 if baseline == "center":
                     games[0].update(phrase, w, h, point=center_point(w, h))
                     continue
+                judged = games[0].judge(phrase, w, h)  # once: every repeat scores the same phrase
                 for game, (x, y) in zip(games, random_points(w, h, repeats, generator).tolist()):
-                    game.update(phrase, w, h, point=(x, y))
+                    game.update(phrase, w, h, point=(x, y), judged=judged)
     reports = [g.compute() for g in games]
     if baseline == "center":
         return {"baseline": "center", **reports[0]}

@@ -227,6 +227,17 @@ class PointingGame:
         """Forget every recorded phrase."""
         self._tally.reset()
 
+    def judge(self, phrase: Phrase, width: int, height: int) -> tuple[str | None, torch.Tensor | None]:
+        """What :meth:`update` decides before it looks at an answer: the phrase's skip reason,
+        or None and its GT boxes as the protocol's hit test sees them. A caller scoring several
+        answers for one phrase (the random baseline's repeats) judges it once and passes the
+        result to each game of the same protocol and box frame."""
+        check_image_size(width, height)
+        reason = skip_reason(phrase, width, height, self.protocol, self.box_frame)
+        if reason is not None:
+            return reason, None
+        return None, frame_boxes(phrase.boxes, width, height, self.protocol, self.box_frame)
+
     def update(
         self,
         phrase: Phrase,
@@ -234,6 +245,7 @@ class PointingGame:
         height: int,
         heatmap: torch.Tensor | None = None,
         point: tuple[float, float] | None = None,
+        judged: tuple[str | None, torch.Tensor | None] | None = None,
     ) -> bool | None:
         """Score one phrase of a ``width`` x ``height`` image.
 
@@ -243,20 +255,20 @@ class PointingGame:
             height: image height in pixels.
             heatmap: the phrase's (h, w) heatmap (any resolution); or
             point: a precomputed answer (x, y) in image pixels. Give exactly one.
+            judged: this phrase's :meth:`judge` by a game of the same protocol and box frame
+                (default: judged here).
 
         Returns:
             True for a hit, False for a miss, None when the protocol skips the phrase.
         """
         if (heatmap is None) == (point is None):
             raise ValueError("give exactly one of heatmap or point")
-        check_image_size(width, height)
-        reason = skip_reason(phrase, width, height, self.protocol, self.box_frame)
+        reason, gt = self.judge(phrase, width, height) if judged is None else judged
         if reason is not None:
             self._tally.skip(reason)
             return None
         if heatmap is not None:
             point = pointing_point(heatmap, width, height, self.protocol)
-        gt = frame_boxes(phrase.boxes, width, height, self.protocol, self.box_frame)
         hit = point is not None and point_hits(point, gt, self.protocol)
         self._tally.add(phrase.types, {"hit": float(hit)})
         return hit
