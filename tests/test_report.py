@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from phraseground.app.report import learning_curve, select_worst, tile_title, write_report
+from phraseground.app.report import learning_curve, select_grid, select_worst, tile_title, write_report
 from phraseground.data.types import Caption, ImageSample, Phrase
 
 
@@ -190,3 +190,21 @@ def test_evaluate_report_of_a_trained_checkpoint(tiny_run, tiny_bench, tmp_path,
             assert fig["data-status"] == ("hit" if hit else "miss") and cap.startswith("HIT" if hit else "MISS")
     code = main(["evaluate", "--baseline", "center", "--data", str(tiny_bench), "--report", str(out)])
     assert code == 2 and "--report needs --checkpoint" in capsys.readouterr().err
+
+
+def test_grid_takes_each_images_first_caption_in_record_order():
+    import random
+
+    rng = random.Random(0)
+    base = {f"im{i}": i % 3 for i in range(6)}  # im1, im2, im4, im5 have no caption 0
+    records = []
+    for k in range(60):
+        image = f"im{rng.randrange(6)}"
+        records.append({"image_id": image, "caption_index": base[image] + rng.randrange(3), "phrase_index": k})
+    lowest = {}
+    for r in records:  # naive: every image's lowest caption index, by a full scan per record
+        lowest[r["image_id"]] = min(q["caption_index"] for q in records if q["image_id"] == r["image_id"])
+    expected = [r for r in records if r["caption_index"] == lowest[r["image_id"]]]
+    assert any(r["caption_index"] > 0 for r in expected)  # an image whose first caption is not 0
+    assert select_grid(records, n=100) == expected
+    assert select_grid(records, n=5) == expected[:5]

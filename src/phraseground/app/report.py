@@ -79,9 +79,11 @@ def miss_distance(record: dict, gt_boxes: Sequence[Sequence[float]], width: int,
 def select_grid(records: Sequence[dict], n: int = 12) -> list[dict]:
     """The first ``n`` records of the first caption of each image, in order (skipped ones included,
     so the grid shows what a skip looks like)."""
-    first = [r for r in records if int(r["caption_index"]) == min(
-        int(q["caption_index"]) for q in records if q["image_id"] == r["image_id"])]
-    return list(first[:n])
+    lowest: dict = {}  # image id -> its lowest caption index (one pass, not one per record)
+    for q in records:
+        lowest[q["image_id"]] = min(int(q["caption_index"]), lowest.get(q["image_id"], math.inf))
+    first = [r for r in records if int(r["caption_index"]) == lowest[r["image_id"]]]
+    return first[:n]
 
 
 def select_worst(records: Sequence[dict], samples_by_id: dict[str, ImageSample], n: int = 8) -> list[dict]:
