@@ -47,10 +47,10 @@ def union_box(boxes: BoxesLike) -> torch.Tensor:
     Raises:
         PhrasegroundError: no box given.
     """
-    t = as_boxes(boxes)
-    if t.shape[0] == 0:
+    a = as_boxes(boxes).numpy()  # (K, 4); in NumPy, like as_boxes: a box or two per call
+    if a.shape[0] == 0:
         raise PhrasegroundError("union_box needs at least one box")
-    return torch.cat([t[:, :2].min(dim=0).values, t[:, 2:].max(dim=0).values])
+    return torch.from_numpy(np.concatenate([a[:, :2].min(axis=0), a[:, 2:].max(axis=0)]))
 
 
 def check_image_size(width: int, height: int) -> None:

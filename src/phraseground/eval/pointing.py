@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from phraseground.data.types import Phrase
@@ -192,8 +193,7 @@ def point_hits(point: tuple[float, float], boxes: BoxesLike, protocol: str | Poi
     x, y = (float(v) for v in point)
     if not (math.isfinite(x) and math.isfinite(y)):
         raise PhrasegroundError(f"point {point!r} is not finite")
-    b = as_boxes(boxes)  # (K, 4)
-    x0, y0, x1, y1 = b.unbind(dim=1)
+    x0, y0, x1, y1 = as_boxes(boxes).numpy().T  # (K,) each; NumPy: one phrase's box or two
     if proto.hit_rule == "inclusive":
         col, row = math.floor(x), math.floor(y)
         inside = (x0 <= col) & (col <= x1) & (y0 <= row) & (row <= y1)
@@ -203,9 +203,9 @@ def point_hits(point: tuple[float, float], boxes: BoxesLike, protocol: str | Poi
     elif proto.hit_rule == "strict":
         inside = (x0 < x) & (x < x1) & (y0 < y) & (y < y1)
     else:
-        dx = torch.clamp(torch.maximum(x0 - x, x - x1), min=0)
-        dy = torch.clamp(torch.maximum(y0 - y, y - y1), min=0)
-        inside = torch.hypot(dx, dy) <= proto.tolerance
+        dx = np.maximum(np.maximum(x0 - x, x - x1), 0.0)
+        dy = np.maximum(np.maximum(y0 - y, y - y1), 0.0)
+        inside = np.hypot(dx, dy) <= proto.tolerance
     return bool(inside.any())
 
 
