@@ -109,3 +109,17 @@ def test_bad_arguments(tmp_path):
         generate_benchmark(tmp_path / "x", 2)
     with pytest.raises(ValueError):
         generate_benchmark(tmp_path / "x", 10, size=16)
+
+
+def test_worker_processes_write_the_same_files(tmp_path):
+    from phraseground.data import synthetic
+
+    n = synthetic.PARALLEL_FROM  # the smallest benchmark that is generated in parallel
+    one = generate_benchmark(tmp_path / "one", n, seed=2, workers=1)
+    two = generate_benchmark(tmp_path / "two", n, seed=2, workers=2)
+    assert one == two
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert len(files) == 3 * n + 3  # image, sentences, annotation per image; three split lists
+    for rel in files:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
+    assert sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file()) == files
